@@ -1,0 +1,39 @@
+"""slimkit: get a vision model under a budget with the least accuracy lost, and report the truth.
+
+The top-level names are imported lazily so `import slimkit` stays fast; torch,
+timm, onnxruntime and matplotlib load only when a function that needs them runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from slimkit._version import __version__
+
+# public name -> module that defines it
+_LAZY = {
+    "profile": "slimkit.profile",
+    "Profile": "slimkit.profile",
+    "load_model": "slimkit.models",
+    "save_model_dir": "slimkit.models",
+    "load_model_dir": "slimkit.models",
+    "ModelInfo": "slimkit.models",
+    "load_data": "slimkit.data",
+    "SlimkitError": "slimkit.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,1 @@
+"""The `slimkit` command line (Typer + Rich). Each command lives in its own module."""

@@ -1,0 +1,1 @@
+"""Compression: structured/unstructured pruning, distillation and quantization, chained by recipes."""

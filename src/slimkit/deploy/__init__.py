@@ -1,0 +1,1 @@
+"""Verified export (ONNX fp32/int8) and edge techniques."""

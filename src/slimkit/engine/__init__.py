@@ -1,0 +1,1 @@
+"""Training engine: fit, evaluate, hooks, resume, data-parallel scale-out."""

@@ -1,0 +1,201 @@
+"""Model directories: `architecture.json` (exact module shapes) + `model.safetensors`.
+
+A pruned model no longer matches the shapes its constructor builds, so a plain
+`load_state_dict` fails. The architecture file records, for every module, its
+class and simple attributes (channel counts, groups, num_heads, ...) and, for
+every state tensor, its shape. Loading rebuilds the original model from its
+source, then patches attributes, swaps modules whose class changed and resizes
+tensors before loading the weights strictly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from slimkit.errors import BadInputError, UnsafeFileError
+from slimkit.models.resolve import ModelInfo
+from slimkit.utils.io import atomic_dir, atomic_write_json
+
+__all__ = ["save_model_dir", "load_model_dir", "is_model_dir", "describe_architecture", "ARCH_FILE", "WEIGHTS_FILE"]
+
+ARCH_FILE = "architecture.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+# Classes are re-created by qualified name only from these packages: never from user code.
+_TRUSTED_PREFIXES = ("torch.nn.", "torchvision.", "timm.", "slimkit.")
+_SIMPLE = (int, float, bool, str, type(None))
+
+
+def is_model_dir(path: str | Path) -> bool:
+    return (Path(path) / ARCH_FILE).is_file()
+
+
+def _simple(value: Any) -> bool:
+    if isinstance(value, _SIMPLE):
+        return True
+    if isinstance(value, (tuple, list)):
+        return all(_simple(v) for v in value)
+    return False
+
+
+def _attrs(module: nn.Module) -> dict[str, Any]:
+    return {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in vars(module).items()
+        if not k.startswith("_") and k != "training" and _simple(v)
+    }
+
+
+def _qualname(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def describe_architecture(model: nn.Module) -> dict[str, Any]:
+    """The shape description of `model`: module classes, simple attributes, tensor shapes."""
+    modules = {name: {"type": _qualname(m), "attrs": _attrs(m)} for name, m in model.named_modules()}
+    persistent = model.state_dict(keep_vars=True)
+    tensors = {
+        name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "param": isinstance(t, nn.Parameter)}
+        for name, t in persistent.items()
+    }
+    return {"modules": modules, "tensors": tensors}
+
+
+def save_model_dir(model: nn.Module, info: ModelInfo, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write `model` (unchanged) to a new model directory at `path`, atomically."""
+    from safetensors.torch import save_model
+
+    arch = {"format": "slimkit-model", "version": FORMAT_VERSION, "model": info.to_dict(), **describe_architecture(model)}
+    if extra:
+        arch["extra"] = extra
+    with atomic_dir(path) as tmp:
+        save_model(model, str(tmp / WEIGHTS_FILE))
+        atomic_write_json(tmp / ARCH_FILE, arch)
+    return Path(path)
+
+
+def _import_class(qualname: str) -> type:
+    if not qualname.startswith(_TRUSTED_PREFIXES):
+        raise UnsafeFileError(f"architecture names class {qualname!r} outside torch/torchvision/timm/slimkit")
+    module_name, _, cls_name = qualname.rpartition(".")
+    while module_name:
+        try:
+            obj: Any = importlib.import_module(module_name)
+            break
+        except ModuleNotFoundError:
+            module_name, _, outer = module_name.rpartition(".")
+            cls_name = f"{outer}.{cls_name}"
+    for part in cls_name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _blank_module(qualname: str, attrs: dict[str, Any]) -> nn.Module:
+    """Make a module of class `qualname` without running its constructor; tensors come later."""
+    cls = _import_class(qualname)
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    for key, value in attrs.items():
+        setattr(module, key, tuple(value) if isinstance(value, list) else value)
+    return module
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def _patch_modules(model: nn.Module, modules: dict[str, dict[str, Any]]) -> nn.Module:
+    for name in sorted(modules, key=lambda n: (n.count(".") if n else -1)):
+        record = modules[name]
+        try:
+            current = model.get_submodule(name) if name else model
+        except AttributeError:
+            current = None
+        if current is None or _qualname(current) != record["type"]:
+            if not name:
+                raise BadInputError(f"root module is {_qualname(model)}, architecture says {record['type']}")
+            _set_submodule(model, name, _blank_module(record["type"], record["attrs"]))
+            continue
+        for key, value in record["attrs"].items():
+            old = getattr(current, key, None)
+            new = tuple(value) if isinstance(old, tuple) and isinstance(value, list) else value
+            if old != new:
+                setattr(current, key, new)
+    return model
+
+
+def _patch_tensors(model: nn.Module, tensors: dict[str, dict[str, Any]]) -> None:
+    current = model.state_dict(keep_vars=True)
+    for name in set(current) - set(tensors):
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        if attr in owner._parameters:
+            owner._parameters[attr] = None
+        else:
+            owner._buffers[attr] = None
+    for name, rec in tensors.items():
+        old = current.get(name)
+        shape = torch.Size(rec["shape"])
+        if old is not None and old.shape == shape:
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        blank = torch.empty(shape, dtype=getattr(torch, rec["dtype"]))
+        if rec["param"]:
+            owner._parameters[attr] = nn.Parameter(blank, requires_grad=blank.is_floating_point())
+        else:
+            owner._buffers[attr] = blank
+
+
+def read_architecture(path: str | Path) -> dict[str, Any]:
+    arch_path = Path(path) / ARCH_FILE
+    try:
+        arch = json.loads(arch_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"cannot read {arch_path}: {exc}") from exc
+    if arch.get("format") != "slimkit-model" or not isinstance(arch.get("version"), int):
+        raise BadInputError(f"{arch_path} is not a slimkit architecture file")
+    if arch["version"] > FORMAT_VERSION:
+        raise BadInputError(f"{arch_path} has format version {arch['version']}; this slimkit reads up to {FORMAT_VERSION}")
+    return arch
+
+
+def load_model_dir(path: str | Path, trust_code: bool = False) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the exact model saved in directory `path`; returns a new model in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model as load_weights
+
+    from slimkit.models.resolve import load_model
+
+    path = Path(path)
+    arch = read_architecture(path)
+    info = ModelInfo.from_dict(arch["model"])
+    if info.source == "file":
+        if not trust_code:
+            raise UnsafeFileError(
+                f"{path} was built by user code in {info.file_path}; load it with trust_code=True "
+                "(CLI: name that file explicitly) to import it"
+            )
+        base, _ = load_model(f"{info.file_path}:{info.name}", **info.kwargs)
+    elif info.source in ("timm", "torchvision"):
+        base, _ = load_model(info.spec, **info.kwargs)
+    else:
+        raise BadInputError(f"{path}: cannot rebuild a model of source {info.source!r}")
+    _patch_modules(base, arch["modules"])
+    _patch_tensors(base, arch["tensors"])
+    weights = path / WEIGHTS_FILE
+    try:
+        load_weights(base, str(weights), strict=True)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise BadInputError(f"cannot load weights {weights}: {exc}") from exc
+    base.eval()
+    return base, info

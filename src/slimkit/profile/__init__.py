@@ -1,0 +1,1 @@
+"""Exact cost: MACs (attention included), params, peak activation memory, size, latency."""

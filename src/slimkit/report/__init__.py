@@ -1,0 +1,1 @@
+"""Reports: JSON and self-contained HTML with matplotlib plots."""

@@ -1,0 +1,1 @@
+"""Hardware-aware architecture search (supernets, latency tables, evolutionary search)."""
