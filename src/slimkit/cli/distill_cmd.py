@@ -62,7 +62,7 @@ def distill(
     from slimkit.engine import evaluate, fit
     from slimkit.engine.outputs import prepare_out_dir
 
-    prepare_out_dir(out, resume=resume, overwrite=overwrite, is_main=is_main_rank())
+    prepare_out_dir(out, resume=resume, overwrite=overwrite, write=False)  # fail before any heavy loading
     net, info, bundle = load_student(student, data=data, input_size=input_size, train_samples=train_samples,
                                      val_samples=val_samples, seed=cfg.seed, trust_code=trust_code, weights=weights)
     teachers = [_load_teacher(spec, bundle, trust_code, trainable=(method == "dml")) for spec in teacher]
@@ -76,6 +76,7 @@ def distill(
     extra = {"distillation": {"method": loss.method, "teachers": list(teacher), **_loss_settings(loss)}}
     if method != "dml":
         extra["distillation"]["teacher_accuracy"] = [evaluate(t.model, bundle.val)["top1"] for t in loss.teachers]
+    prepare_out_dir(out, resume=resume, overwrite=overwrite, write=is_main_rank())
     if is_main_rank():
         save_resolved_args(out, "distill", {**args, "config": cfg.to_dict(), "input_size": bundle.input_size,
                                             "num_classes": bundle.num_classes})

@@ -80,10 +80,11 @@ def train(
     from slimkit.engine import fit
     from slimkit.engine.outputs import prepare_out_dir
 
-    prepare_out_dir(out, resume=resume, overwrite=overwrite, is_main=is_main_rank())
+    prepare_out_dir(out, resume=resume, overwrite=overwrite, write=False)  # fail before any heavy loading
     net, info, bundle = load_student(model, data=data, input_size=input_size, train_samples=train_samples,
                                      val_samples=val_samples, seed=cfg.seed, trust_code=trust_code,
                                      pretrained=pretrained, weights=weights)
+    prepare_out_dir(out, resume=resume, overwrite=overwrite, write=is_main_rank())
     if is_main_rank():
         save_resolved_args(out, "train", {**args, "config": cfg.to_dict(), "input_size": bundle.input_size,
                                           "num_classes": bundle.num_classes})

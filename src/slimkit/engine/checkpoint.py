@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,11 @@ def restore_checkpoint(
     restore_rng(_unprefixed(f"rng/{source}", tensors), header["rng"][source])
 
 
+def _last_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "documentation" not in ln]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights from a .safetensors file or a torch checkpoint, never executing pickled code.
 
@@ -194,8 +200,13 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(f"{path} needs full unpickling (it could run code); refusing to load it. "
-                              "Re-save it as safetensors from a trusted environment") from exc
+        named = re.search(r"GLOBAL (\S+)", str(exc))
+        if named or "global" in str(exc).lower():
+            what = f" (it names {named.group(1)})" if named else ""
+            raise UnsafeFileError(f"{path} needs full unpickling{what}, which could run code; refusing to load "
+                                  "it. Re-save it as safetensors from a trusted environment") from exc
+        raise BadInputError(f"cannot read weights {path}: the weights-only unpickler rejects it "
+                            f"({_last_line(exc)}); nothing in it was run") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise BadInputError(f"cannot read weights {path}: {str(exc).splitlines()[0]}") from exc
     for key in ("state_dict", "model", "model_state_dict"):

@@ -162,7 +162,7 @@ def fit(
 def _fit(model, data, config, hooks, out_dir, resume, loss_fn, info, overwrite, progress, ctx, extra) -> FitResult:
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
-        prepare_out_dir(out_dir, resume=resume, overwrite=overwrite, is_main=ctx.is_main)
+        prepare_out_dir(out_dir, resume=resume, overwrite=overwrite, write=ctx.is_main)
         ctx.barrier()
     model.to(ctx.device)
     if loss_fn is None:

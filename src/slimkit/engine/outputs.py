@@ -31,8 +31,12 @@ _ARCH, _WEIGHTS = "architecture.json", "model.safetensors"
 _RUN_FILES = (CHECKPOINT_FILE, _ARCH, _WEIGHTS, METRICS_FILE, LOG_FILE)
 
 
-def prepare_out_dir(out_dir: str | Path, *, resume: bool, overwrite: bool, is_main: bool = True) -> Path:
-    """Check that `out_dir` may be written: a previous run there needs --resume or --overwrite."""
+def prepare_out_dir(out_dir: str | Path, *, resume: bool, overwrite: bool, write: bool = True) -> Path:
+    """Check that `out_dir` may be written: a previous run there needs --resume or --overwrite.
+
+    With write=False only the check runs; with write=True an --overwrite clears the old
+    run's files and the directory is created (rank 0 only, under torchrun).
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {out_dir} exists and is not a directory")
@@ -43,10 +47,10 @@ def prepare_out_dir(out_dir: str | Path, *, resume: bool, overwrite: bool, is_ma
     if resume and existing and CHECKPOINT_FILE not in existing:
         raise BadInputError(f"--resume: {out_dir} holds {existing[0]} but no {CHECKPOINT_FILE} to continue from; "
                             "pass --overwrite to start over")
-    if overwrite and not resume and is_main:
+    if overwrite and not resume and write:
         for name in existing:
             (out_dir / name).unlink()
-    if is_main:
+    if write:
         out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
 
