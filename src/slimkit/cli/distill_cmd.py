@@ -59,7 +59,7 @@ def distill(
     if relaunch_if_needed(nproc, "distill"):
         return
     from slimkit.cli.common import console, save_resolved_args
-    from slimkit.engine import evaluate, fit
+    from slimkit.engine import fit
     from slimkit.engine.outputs import prepare_out_dir
 
     prepare_out_dir(out, resume=resume, overwrite=overwrite, write=False)  # fail before any heavy loading
@@ -75,7 +75,7 @@ def distill(
     loss = _build_loss(method, net, teachers, bundle, teacher_weight, temperature, alpha, beta, feature_layer)
     extra = {"distillation": {"method": loss.method, "teachers": list(teacher), **_loss_settings(loss)}}
     if method != "dml":
-        extra["distillation"]["teacher_accuracy"] = [evaluate(t.model, bundle.val)["top1"] for t in loss.teachers]
+        extra["distillation"]["teacher_accuracy"] = [_own_format_accuracy(m, i, bundle) for m, i in teachers]
     prepare_out_dir(out, resume=resume, overwrite=overwrite, write=is_main_rank())
     if is_main_rank():
         save_resolved_args(out, "distill", {**args, "config": cfg.to_dict(), "input_size": bundle.input_size,
@@ -139,6 +139,15 @@ def _build_loss(method, student, teachers, bundle, weights, temperature, alpha, 
     if len(frozen) == 1 and not weights:
         return LogitKD(frozen[0], **kd_kw)
     return MultiTeacherKD(frozen, weights or None, **kd_kw)
+
+
+def _own_format_accuracy(model: Any, info: Any, bundle: Any) -> float:
+    """A teacher's val top-1 with the input size and normalisation it was trained with."""
+    from slimkit.data import ImageTensorDataset
+    from slimkit.engine import evaluate
+
+    val = ImageTensorDataset(bundle.val.images, bundle.val.labels, info.input_size, info.mean, info.std)
+    return evaluate(model, val)["top1"]
 
 
 def _pair(text: str) -> tuple[str, str]:

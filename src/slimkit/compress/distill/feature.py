@@ -51,9 +51,10 @@ def _capture_shapes(model: nn.Module, example: torch.Tensor, names: Sequence[str
 
 
 def last_feature_layer(model: nn.Module, example: torch.Tensor) -> str:
-    """The last leaf module whose output is a feature map (N, C, H, W): the usual distillation point."""
+    """The last leaf module whose output is a feature map (N, C, H, W), H*W > 1 preferred (not a pooled vector)."""
     shapes = _capture_shapes(model, example, None)
-    maps = [name for name, shape in shapes.items() if len(shape) == 4]
+    maps = [name for name, shape in shapes.items() if len(shape) == 4 and shape[2] * shape[3] > 1]
+    maps = maps or [name for name, shape in shapes.items() if len(shape) == 4]
     if not maps:
         raise BadInputError(f"{type(model).__name__} has no layer with a 4-d feature map; name the layers")
     return maps[-1]
@@ -126,10 +127,10 @@ class FeatureKD(Distiller):
         hard = self.hard_loss(logits, targets)
         feat = self.feature_loss()
         loss = (1 - self.alpha) * hard + self.beta * feat
-        terms = {"ce": float(hard), "feature": float(feat)}
+        terms = {"ce": float(hard.detach()), "feature": float(feat.detach())}
         if self.alpha > 0:
             soft = kd_divergence(logits, teacher_logits, self.temperature)
             loss = loss + self.alpha * soft
-            terms["kd"] = float(soft)
+            terms["kd"] = float(soft.detach())
         self.last_terms = terms
         return loss

@@ -32,5 +32,5 @@ class LogitKD(Distiller):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         hard = self.hard_loss(logits, targets)
         soft = kd_divergence(logits, self.teachers[0](inputs), self.temperature)
-        self.last_terms = {"ce": float(hard), "kd": float(soft)}
+        self.last_terms = {"ce": float(hard.detach()), "kd": float(soft.detach())}
         return (1 - self.alpha) * hard + self.alpha * soft

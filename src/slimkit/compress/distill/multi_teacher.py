@@ -41,13 +41,13 @@ class MultiTeacherKD(Distiller):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         hard = self.hard_loss(logits, targets)
         soft = logits.new_zeros(())
-        terms = {"ce": float(hard)}
+        terms = {"ce": float(hard.detach())}
         for i, (teacher, weight) in enumerate(zip(self.teachers, self.weights)):
             if weight == 0:
                 continue  # a zero-weight teacher costs no forward pass
             term = kd_divergence(logits, teacher(inputs), self.temperature)
-            terms[f"kd{i}"] = float(term)
+            terms[f"kd{i}"] = float(term.detach())
             soft = soft + weight * term
-        terms["kd"] = float(soft)
+        terms["kd"] = float(soft.detach())
         self.last_terms = terms
         return (1 - self.alpha) * hard + self.alpha * soft

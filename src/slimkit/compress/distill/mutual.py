@@ -40,5 +40,6 @@ class MutualLearning(Distiller):
         peer = self.hard_loss(peer_logits, targets) + self.alpha * kd_divergence(
             peer_logits, logits.detach(), self.temperature)
         correct = (peer_logits.argmax(1) == targets).float().mean()
-        self.last_terms = {"student": float(student), "peer": float(peer), "peer_accuracy": float(correct)}
+        self.last_terms = {"student": float(student.detach()), "peer": float(peer.detach()),
+                           "peer_accuracy": float(correct)}
         return student + peer
