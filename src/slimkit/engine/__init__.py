@@ -1,1 +1,15 @@
-"""Training engine: fit, evaluate, hooks, resume, data-parallel scale-out."""
+"""Training engine: fit, evaluate, hooks, resume, data-parallel scale-out.
+
+Imports torch; `import slimkit` alone does not load this package.
+"""
+
+from slimkit.engine.checkpoint import CHECKPOINT_FILE, load_state_file
+from slimkit.engine.config import TrainConfig
+from slimkit.engine.evaluate import evaluate
+from slimkit.engine.fit import FitResult, TrainingDivergedError, fit
+from slimkit.engine.hooks import Hook, TrainState
+from slimkit.engine.outputs import METRICS_FILE
+from slimkit.engine.progress import LOG_FILE
+
+__all__ = ["fit", "evaluate", "TrainConfig", "FitResult", "Hook", "TrainState", "TrainingDivergedError",
+           "load_state_file", "CHECKPOINT_FILE", "METRICS_FILE", "LOG_FILE"]

@@ -1,0 +1,17 @@
+"""Knowledge distillation as loss modules for slimkit.engine.fit (one technique per file).
+
+    from slimkit.compress.distill import LogitKD
+    fit(student, data, config, loss_fn=LogitKD(teacher, temperature=4, alpha=0.5))
+"""
+
+from slimkit.compress.distill.base import (Distiller, FrozenTeacher, build_distiller, kd_divergence,
+                                           list_distillers, register_distiller)
+from slimkit.compress.distill.feature import FeatureKD, last_feature_layer
+from slimkit.compress.distill.logit import LogitKD
+from slimkit.compress.distill.multi_teacher import MultiTeacherKD
+from slimkit.compress.distill.mutual import MutualLearning
+from slimkit.compress.distill.self_distill import SelfDistill, self_distill
+
+__all__ = ["Distiller", "FrozenTeacher", "register_distiller", "build_distiller", "list_distillers", "kd_divergence",
+           "LogitKD", "MultiTeacherKD", "FeatureKD", "MutualLearning", "SelfDistill", "self_distill",
+           "last_feature_layer"]
