@@ -40,12 +40,7 @@ def _load_state(out_dir: Path, settings: dict[str, Any], resume: bool, overwrite
     state_path = out_dir / STATE_FILE
     if out_dir.exists() and any(out_dir.iterdir()):
         if resume and state_path.is_file():
-            state = json.loads(state_path.read_text())
-            if state["settings"] != settings:
-                changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
-                raise BadInputError(f"{out_dir} was started with other settings ({', '.join(changed)}); "
-                                    "resume with the same arguments or use --overwrite")
-            return state
+            return _resumed_state(out_dir, json.loads(state_path.read_text()), settings)
         if resume:
             raise BadInputError(f"{out_dir} has no {STATE_FILE}: nothing to resume")
         if not overwrite:
@@ -55,6 +50,25 @@ def _load_state(out_dir: Path, settings: dict[str, Any], resume: bool, overwrite
     (out_dir / INCOMPLETE_MARKER).write_text("this run has not finished; `slimkit compress ... --resume` continues it\n")
     state = {"version": 1, "settings": settings, "completed": []}
     atomic_write_json(state_path, state)
+    return state
+
+
+def _resumed_state(out_dir: Path, state: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Reuse the completed steps; a new budget invalidates everything after training."""
+    changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+    if set(changed) - {"budget"}:
+        raise BadInputError(f"{out_dir} was started with other settings ({', '.join(changed)}); "
+                            "resume with the same arguments or use --overwrite")
+    if changed:
+        kept = []
+        for entry in state["completed"]:
+            if entry["type"] != "train":
+                break
+            kept.append(entry)
+        for entry in state["completed"][len(kept):]:
+            shutil.rmtree(out_dir / "steps" / entry["name"], ignore_errors=True)
+        state["completed"], state["settings"] = kept, settings
+        atomic_write_json(out_dir / STATE_FILE, state)
     return state
 
 

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 STEPS: dict[str, Callable[..., "StepResult"]] = {}
 # int8 weights take a quarter of fp32's bytes: what a size budget leaves to pruning when a quantize step follows.
 INT8_SIZE_FACTOR = 4.0
+TARGET_MARGIN = 0.95
 
 
 @dataclass
@@ -90,10 +91,11 @@ def _prune_target(ctx: RunContext, params: dict[str, Any]) -> str:
         return str(params["target"])
     budget = ctx.budget
     if budget.kind in ("macs", "params"):
-        return f"{budget.kind}={budget.fraction:g}"
+        # Aim a little under: the pruner lands within a few percent of its target, and the budget is a ceiling.
+        return f"{budget.kind}={budget.fraction * TARGET_MARGIN:g}"
     if budget.kind == "size":
         factor = INT8_SIZE_FACTOR if ctx.has_quantize else 1.0
-        return f"params={min(0.95, budget.fraction * factor * 0.9):g}"
+        return f"params={min(0.95, budget.fraction * factor * TARGET_MARGIN):g}"
     fraction = budget.fraction if budget.fraction is not None else None
     if fraction is None:  # an absolute latency: convert with the original's measured latency
         from slimkit.profile.latency import measure_latency
