@@ -22,7 +22,7 @@ import torch.nn as nn
 from slimkit.errors import BadInputError, UnsafeFileError
 from slimkit.utils.io import atomic_write_bytes, to_jsonable
 
-__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "restore_checkpoint", "load_state_file",
+__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "data_fingerprint", "restore_checkpoint", "load_state_file",
            "capture_rng", "restore_rng"]
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -119,6 +119,19 @@ def save_checkpoint(
               "scheduler": scheduler.state_dict(), "rng": [m for _, m in rng_states]}
     data = save(tensors, metadata={"slimkit": json.dumps(to_jsonable(header))})
     return atomic_write_bytes(path, data)
+
+
+def data_fingerprint(data: Any) -> dict[str, Any]:
+    """Sizes and a sha256 of the training images and labels: a resumed run must see the same data."""
+    import hashlib
+
+    fingerprint: dict[str, Any] = {"num_train": len(data.train), "num_val": len(data.val)}
+    images, labels = getattr(data.train, "images", None), getattr(data.train, "labels", None)
+    if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor):
+        digest = hashlib.sha256(images.contiguous().numpy().tobytes())
+        digest.update(labels.contiguous().numpy().tobytes())
+        fingerprint["train_sha256"] = digest.hexdigest()
+    return fingerprint
 
 
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
