@@ -197,19 +197,23 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights from a .safetensors file or a torch checkpoint, never executing pickled code.
 
     torch files are read with weights_only=True; one that needs full unpickling is
-    refused with UnsafeFileError. A {"state_dict": ...} or {"model": ...} wrapper is unwrapped.
+    refused with UnsafeFileError. A {"state_dict": ...} or {"model": ...} wrapper is unwrapped,
+    and a slimkit checkpoint.safetensors yields its model weights.
     """
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         try:
-            return load_file(str(path))
+            with safe_open(str(path), framework="pt") as fh:
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+                is_checkpoint = FORMAT in (fh.metadata() or {}).get("slimkit", "")
         except (SafetensorError, OSError) as exc:
             raise BadInputError(f"cannot read weights {path}: {exc}") from exc
+        # A training checkpoint's model weights can seed a new run (e.g. after a NaN, with a lower lr).
+        return _unprefixed("model", tensors) if is_checkpoint else tensors
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
