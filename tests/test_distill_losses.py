@@ -132,7 +132,7 @@ def test_feature_kd_adapters_and_loss_by_hand():
         f_t = teacher.eval()[:6](x)  # 12x4x4 map: the student map is resized to 4x4
         f_s = torch.nn.functional.interpolate(f_s, size=(4, 4), mode="bilinear", align_corners=False)
         expected = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 2])) + 2.0 * ((f_s - f_t) ** 2).mean()
-    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    assert float(got.detach()) == pytest.approx(float(expected), rel=1e-5)
     kd.close()
     with pytest.raises(BadInputError, match="no layer named"):
         FeatureKD(student, teacher, x, pairs=[("nope", "5")])

@@ -126,7 +126,12 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_checkpoint(data, tmp_path):
     assert not (out / "metrics.json").exists()
     events = [json.loads(line)["event"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert events == ["start", "epoch", "diverged"]
-    # The kept checkpoint still resumes.
+    # The kept checkpoint still resumes, and its weights can seed a new run with other settings.
+    from slimkit.engine import load_state_file
+
+    weights = load_state_file(out / "checkpoint.safetensors")
+    model = small_cnn()[0]
+    model.load_state_dict(weights)
     result = fit(small_cnn()[0], data, cfg, out_dir=out, resume=True, progress=False)
     assert result.epochs_completed == 3
 

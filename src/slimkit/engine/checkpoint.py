@@ -22,7 +22,7 @@ import torch.nn as nn
 from slimkit.errors import BadInputError, UnsafeFileError
 from slimkit.utils.io import atomic_write_bytes, to_jsonable
 
-__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "restore_checkpoint", "load_state_file",
+__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "data_fingerprint", "restore_checkpoint", "load_state_file",
            "capture_rng", "restore_rng"]
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -121,6 +121,19 @@ def save_checkpoint(
     return atomic_write_bytes(path, data)
 
 
+def data_fingerprint(data: Any) -> dict[str, Any]:
+    """Sizes and a sha256 of the training images and labels: a resumed run must see the same data."""
+    import hashlib
+
+    fingerprint: dict[str, Any] = {"num_train": len(data.train), "num_val": len(data.val)}
+    images, labels = getattr(data.train, "images", None), getattr(data.train, "labels", None)
+    if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor):
+        digest = hashlib.sha256(images.contiguous().numpy().tobytes())
+        digest.update(labels.contiguous().numpy().tobytes())
+        fingerprint["train_sha256"] = digest.hexdigest()
+    return fingerprint
+
+
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     """The TrainConfig dict a checkpoint was written with (reads only the header)."""
     return _read(path, with_tensors=False)[1]["config"]
@@ -184,19 +197,23 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights from a .safetensors file or a torch checkpoint, never executing pickled code.
 
     torch files are read with weights_only=True; one that needs full unpickling is
-    refused with UnsafeFileError. A {"state_dict": ...} or {"model": ...} wrapper is unwrapped.
+    refused with UnsafeFileError. A {"state_dict": ...} or {"model": ...} wrapper is unwrapped,
+    and a slimkit checkpoint.safetensors yields its model weights.
     """
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         try:
-            return load_file(str(path))
+            with safe_open(str(path), framework="pt") as fh:
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+                is_checkpoint = FORMAT in (fh.metadata() or {}).get("slimkit", "")
         except (SafetensorError, OSError) as exc:
             raise BadInputError(f"cannot read weights {path}: {exc}") from exc
+        # A training checkpoint's model weights can seed a new run (e.g. after a NaN, with a lower lr).
+        return _unprefixed("model", tensors) if is_checkpoint else tensors
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

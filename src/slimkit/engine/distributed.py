@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,7 @@ import torch.nn as nn
 from slimkit.errors import BadInputError, SlimkitError
 
 __all__ = ["DistContext", "setup_distributed", "launch_torchrun", "strip_nproc", "allreduce_mean_", "param_digest",
-           "in_torchrun"]
+           "gather_objects", "in_torchrun"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,15 @@ def allreduce_mean_(tensors: Iterable[torch.Tensor], ctx: DistContext) -> None:
     for t in tensors:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
         t.div_(ctx.world_size)
+
+
+def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (just [obj] in a single process)."""
+    if not ctx.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * ctx.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
 
 
 def param_digest(model: nn.Module) -> str:

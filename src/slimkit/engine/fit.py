@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from slimkit.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_checkpoint, save_checkpoint
+from slimkit.engine.checkpoint import (CHECKPOINT_FILE, capture_rng, data_fingerprint, load_checkpoint,
+                                      restore_checkpoint, save_checkpoint)
 from slimkit.engine.config import TrainConfig
-from slimkit.engine.distributed import DistContext, setup_distributed
+from slimkit.engine.distributed import DistContext, gather_objects, param_digest, setup_distributed
 from slimkit.engine.evaluate import evaluate
 from slimkit.engine.hooks import Hook, HookList, TrainState
 from slimkit.engine.loop import TrainingDivergedError, default_loss, train_one_epoch
@@ -90,35 +91,138 @@ def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def data_fingerprint(data: Any) -> dict[str, Any]:
-    """Sizes and a sha256 of the training images and labels: a resumed run must see the same data."""
-    import hashlib
+def _prepare_loss(loss_fn: Any, config: TrainConfig, device: torch.device) -> tuple[Any, list[nn.Parameter]]:
+    """The loss to call and its trainable parameters (distillation adapters, a DML peer)."""
+    if loss_fn is None:
+        return default_loss(config.label_smoothing), []
+    if not isinstance(loss_fn, nn.Module):
+        return loss_fn, []
+    loss_fn.to(device)
+    if getattr(loss_fn, "label_smoothing", 0.0) is None:
+        loss_fn.label_smoothing = config.label_smoothing
+    return loss_fn, [p for p in loss_fn.parameters() if p.requires_grad]
 
-    fingerprint: dict[str, Any] = {"num_train": len(data.train), "num_val": len(data.val)}
-    images, labels = getattr(data.train, "images", None), getattr(data.train, "labels", None)
-    if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor):
-        digest = hashlib.sha256(images.contiguous().numpy().tobytes())
-        digest.update(labels.contiguous().numpy().tobytes())
-        fingerprint["train_sha256"] = digest.hexdigest()
-    return fingerprint
 
+class _Run:
+    """One call of fit(): the training objects, the epoch loop and the outputs."""
 
-def _resume(out_dir: Path, config: TrainConfig, state: TrainState, hooks: HookList, data: Any) -> tuple[int, list, dict]:
-    """Load the checkpoint into the run; returns (epochs done, history, last evaluation)."""
-    tensors, header = load_checkpoint(out_dir / CHECKPOINT_FILE)
-    if header.get("data") not in (None, data_fingerprint(data)):
-        raise BadInputError(f"cannot resume {out_dir}: the training data differ from the checkpoint's "
-                            f"({header['data']['num_train']} vs {len(data.train)} images, or other content)")
-    saved = TrainConfig.from_dict(header["config"])
-    changed = config.differences(saved)
-    if changed:
-        detail = ", ".join(f"{k} {getattr(saved, k)!r} -> {getattr(config, k)!r}" for k in changed)
-        raise BadInputError(f"cannot resume {out_dir}: settings differ from the checkpoint's ({detail})")
-    restore_checkpoint(tensors, header, model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
-                       loss_fn=state.loss_fn, rank=state.rank)
-    hooks.load_state_dicts(header.get("hooks", []))
-    state.global_step = int(header["global_step"])
-    return int(header["epoch"]), list(header.get("history", [])), dict(header.get("last_eval", {}))
+    def __init__(self, model, data, config, hooks, out_dir, loss_fn, ctx, progress):
+        self.model, self.data, self.config, self.hooks, self.ctx = model, data, config, hooks, ctx
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.writes = self.out_dir is not None and ctx.is_main
+        model.to(ctx.device)
+        self.loss_fn, self.loss_params = _prepare_loss(loss_fn, config, ctx.device)
+        self.loader, self.sampler = _loader(data.train, config, ctx)
+        optimizer = build_optimizer([*model.parameters(), *self.loss_params], config)
+        scheduler = build_scheduler(optimizer, config, len(self.loader))
+        self.state = TrainState(model, optimizer, scheduler, config, self.loss_fn, steps_per_epoch=len(self.loader),
+                                rank=ctx.rank, world_size=ctx.world_size)
+        self.log = RunLog(self.out_dir / LOG_FILE if self.writes else None)
+        self.net, self.bf16 = _wrap(model, ctx), _bf16_ok(ctx.device, config.bf16)
+        self.epoch, self.history, self.last_eval = 0, [], {}
+        self.progress = progress and ctx.is_main
+        self.fingerprint = data_fingerprint(data) if self.writes else None
+
+    def start(self, resume: bool) -> None:
+        if resume and (self.out_dir / CHECKPOINT_FILE).is_file():
+            self._resume()
+            self.log.truncate_after(self.epoch)
+            self.log.write("resume", epoch=self.epoch, global_step=self.state.global_step)
+        else:
+            self.log.write("start", config=self.config.to_dict(), world_size=self.ctx.world_size,
+                           num_train=len(self.data.train), num_val=len(self.data.val))
+
+    def _resume(self) -> None:
+        path = self.out_dir / CHECKPOINT_FILE
+        tensors, header = load_checkpoint(path)
+        if header.get("data") not in (None, data_fingerprint(self.data)):
+            raise BadInputError(f"cannot resume {self.out_dir}: the training data differ from the checkpoint's "
+                                f"({header['data']['num_train']} vs {len(self.data.train)} images, or their content)")
+        saved = TrainConfig.from_dict(header["config"])
+        changed = self.config.differences(saved)
+        if changed:
+            detail = ", ".join(f"{k} {getattr(saved, k)!r} -> {getattr(self.config, k)!r}" for k in changed)
+            raise BadInputError(f"cannot resume {self.out_dir}: settings differ from the checkpoint's ({detail})")
+        s = self.state
+        restore_checkpoint(tensors, header, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
+                           loss_fn=s.loss_fn, rank=s.rank)
+        self.hooks.load_state_dicts(header.get("hooks", []))
+        s.global_step = int(header["global_step"])
+        self.epoch, self.history = int(header["epoch"]), list(header.get("history", []))
+        self.last_eval = dict(header.get("last_eval", {}))
+
+    def train(self) -> None:
+        with ProgressBar(self.progress, self.config.epochs) as bar:
+            while self.epoch < self.config.epochs and not self.state.stop_training:
+                self._one_epoch(bar)
+
+    def _one_epoch(self, bar: ProgressBar) -> None:
+        state, epoch = self.state, self.epoch
+        state.epoch = epoch
+        self.sampler.set_epoch(epoch)
+        self.hooks("on_epoch_begin", state)
+        bar.start_epoch(epoch, len(self.loader))
+        try:
+            stats = train_one_epoch(self.net, state, self.loader, self.hooks, self.ctx, bar, self.loss_params,
+                                    self.bf16)
+        except TrainingDivergedError as exc:
+            self.log.write("diverged", epoch=epoch + 1, step=state.step + 1, message=str(exc))
+            kept = (f"last good checkpoint: {self.out_dir / CHECKPOINT_FILE} (epoch {epoch})"
+                    if self.out_dir is not None and epoch else "no checkpoint was written yet")
+            raise TrainingDivergedError(f"{exc}; {kept}") from None
+        self.last_eval = evaluate(self.model, self.data.val, batch_size=self.config.eval_batch_size,
+                                  device=self.ctx.device, bf16=self.bf16)
+        record = {"epoch": epoch + 1, **stats.summary(self.ctx), "val_top1": self.last_eval["top1"],
+                  "val_top5": self.last_eval["top5"], "val_loss": self.last_eval["loss"],
+                  "lr": state.optimizer.param_groups[0]["lr"], "seconds": stats.seconds}
+        state.metrics = record
+        self.hooks("on_epoch_end", state)
+        self.history.append(record)
+        self.epoch += 1
+        bar.end_epoch(f"loss {record['train_loss']:.4f}  val top-1 {record['val_top1']:.4f}")
+        self._checkpoint(record)
+
+    def _checkpoint(self, record: dict[str, Any]) -> None:
+        """Log the epoch, then replace the checkpoint atomically (a resume drops log lines it does not cover)."""
+        if self.out_dir is None:
+            return
+        rng_states = gather_objects(capture_rng(), self.ctx)
+        if self.writes:
+            self.log.write("epoch", **record)
+            s = self.state
+            meta = {"epoch": self.epoch, "global_step": s.global_step, "config": self.config.to_dict(),
+                    "data": self.fingerprint, "hooks": self.hooks.state_dicts(), "history": self.history,
+                    "last_eval": self.last_eval}
+            save_checkpoint(self.out_dir / CHECKPOINT_FILE, model=self.model, optimizer=s.optimizer,
+                            scheduler=s.scheduler, loss_fn=self.loss_fn, meta=meta, rng_states=rng_states)
+        self.ctx.barrier()
+
+    def finish(self, info: Any, extra: dict[str, Any]) -> FitResult:
+        self.model.eval()
+        metrics = {**self._metrics(), **extra}
+        if self.writes:
+            finalize_outputs(self.model, info, self.data, self.out_dir, metrics)
+            self.log.write("end", epochs_completed=self.epoch, accuracy=metrics["accuracy"])
+        self.ctx.barrier()
+        return FitResult(self.model, metrics, self.history, self.out_dir)
+
+    def _metrics(self) -> dict[str, Any]:
+        last, ev = (self.history[-1] if self.history else {}), self.last_eval
+        metrics = {
+            "accuracy": ev.get("top1"), "top5": ev.get("top5"), "val_loss": ev.get("loss"),
+            "epochs_completed": self.epoch, "epochs": self.config.epochs,
+            "train_loss": last.get("train_loss"), "train_accuracy": last.get("train_accuracy"),
+            "num_train": len(self.data.train), "num_val": len(self.data.val),
+            "confusion_matrix": ev.get("confusion_matrix"), "config": self.config.to_dict(),
+        }
+        if self.ctx.distributed:
+            digests = gather_objects(param_digest(self.model), self.ctx)
+            in_sync = len(set(digests)) == 1
+            metrics["distributed"] = {"world_size": self.ctx.world_size, "param_digests": digests,
+                                      "ranks_in_sync": in_sync}
+            if not in_sync:
+                log.warning("ranks ended with different weights: %s", digests)
+        return metrics
 
 
 def fit(
@@ -138,133 +242,31 @@ def fit(
     """Train `model` in place (left in eval mode) on data.train, evaluating on data.val every epoch.
 
     With `out_dir`, every epoch ends with an atomic checkpoint and a train_log.jsonl
-    record, and the run ends as a model directory with metrics.json. `resume=True`
-    continues from the last completed epoch and reaches the same weights as an
-    uninterrupted run. `loss_fn(logits, targets)` defaults to cross-entropy with the
-    config's label smoothing; a distiller (slimkit.compress.distill) also gets the inputs.
-    Under torchrun (WORLD_SIZE > 1) it trains data-parallel; rank 0 writes the outputs.
-    `extra_metrics` are added to metrics.json (e.g. the distillation settings).
+    record, and the run ends as a model directory (with `info`, the model's ModelInfo)
+    plus metrics.json. `resume=True` continues from the last completed epoch and
+    reaches the same weights as an uninterrupted run. `loss_fn(logits, targets)`
+    defaults to cross-entropy with the config's label smoothing; a distiller
+    (slimkit.compress.distill) also gets the inputs. Under torchrun (WORLD_SIZE > 1)
+    it trains data-parallel and rank 0 writes the outputs. `extra_metrics` are added
+    to metrics.json (e.g. the distillation settings).
     """
     config = config or TrainConfig()
     if not isinstance(config, TrainConfig):
         raise BadInputError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not (hasattr(data, "train") and hasattr(data, "val")):
+        raise BadInputError(f"data must have .train and .val datasets (a DataBundle), got {type(data).__name__}")
+    if resume and out_dir is None:
+        raise BadInputError("resume=True needs the out_dir that holds the checkpoint")
     ctx = setup_distributed(config.device)
     try:
+        if out_dir is not None:
+            prepare_out_dir(out_dir, resume=resume, overwrite=overwrite, write=ctx.is_main)
+            ctx.barrier()
         # Each rank draws its own dropout masks; shuffling is seeded separately (by seed and epoch).
         with _deterministic(config.seed + ctx.rank):
-            result = _fit(model, data, config, HookList(hooks), out_dir, resume, loss_fn, info, overwrite,
-                          progress, ctx, extra_metrics or {})
-            return result
+            run = _Run(model, data, config, HookList(hooks), out_dir, loss_fn, ctx, progress)
+            run.start(resume)
+            run.train()
+            return run.finish(info, extra_metrics or {})
     finally:
         ctx.close()
-
-
-def _fit(model, data, config, hooks, out_dir, resume, loss_fn, info, overwrite, progress, ctx, extra) -> FitResult:
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None:
-        prepare_out_dir(out_dir, resume=resume, overwrite=overwrite, write=ctx.is_main)
-        ctx.barrier()
-    model.to(ctx.device)
-    if loss_fn is None:
-        loss_fn = default_loss(config.label_smoothing)
-    elif isinstance(loss_fn, nn.Module):
-        loss_fn.to(ctx.device)
-        if getattr(loss_fn, "label_smoothing", 0.0) is None:
-            loss_fn.label_smoothing = config.label_smoothing
-    loss_params = [p for p in loss_fn.parameters() if p.requires_grad] if isinstance(loss_fn, nn.Module) else []
-    loader, sampler = _loader(data.train, config, ctx)
-    optimizer = build_optimizer([*model.parameters(), *loss_params], config)
-    scheduler = build_scheduler(optimizer, config, len(loader))
-    state = TrainState(model, optimizer, scheduler, config, loss_fn, steps_per_epoch=len(loader),
-                       rank=ctx.rank, world_size=ctx.world_size)
-    run_log = RunLog(out_dir / LOG_FILE if out_dir is not None and ctx.is_main else None)
-    start_epoch, history, last_eval = 0, [], {}
-    if resume and out_dir is not None and (out_dir / CHECKPOINT_FILE).is_file():
-        start_epoch, history, last_eval = _resume(out_dir, config, state, hooks, data)
-        run_log.truncate_after(start_epoch)
-        run_log.write("resume", epoch=start_epoch, global_step=state.global_step)
-    else:
-        run_log.write("start", config=config.to_dict(), world_size=ctx.world_size, num_train=len(data.train),
-                      num_val=len(data.val))
-    fingerprint = data_fingerprint(data) if out_dir is not None and ctx.is_main else None
-    net = _wrap(model, ctx)
-    bf16 = _bf16_ok(ctx.device, config.bf16)
-    epoch = start_epoch
-    with ProgressBar(progress and ctx.is_main, config.epochs) as bar:
-        while epoch < config.epochs and not state.stop_training:
-            state.epoch = epoch
-            sampler.set_epoch(epoch)
-            hooks("on_epoch_begin", state)
-            bar.start_epoch(epoch, len(loader))
-            try:
-                stats = train_one_epoch(net, state, loader, hooks, ctx, bar, loss_params, bf16)
-            except TrainingDivergedError as exc:
-                run_log.write("diverged", epoch=epoch + 1, step=state.step + 1, message=str(exc))
-                kept = f"last good checkpoint: {out_dir / CHECKPOINT_FILE} (epoch {epoch})" if out_dir and epoch else (
-                    "no checkpoint was written yet")
-                raise TrainingDivergedError(f"{exc}; {kept}") from None
-            last_eval = evaluate(model, data.val, batch_size=config.eval_batch_size, device=ctx.device, bf16=bf16)
-            record = {"epoch": epoch + 1, **stats.summary(ctx), "val_top1": last_eval["top1"],
-                      "val_top5": last_eval["top5"], "val_loss": last_eval["loss"],
-                      "lr": optimizer.param_groups[0]["lr"], "seconds": stats.seconds}
-            state.metrics = record
-            hooks("on_epoch_end", state)
-            history.append(record)
-            epoch += 1
-            bar.end_epoch(f"loss {record['train_loss']:.4f}  val top-1 {record['val_top1']:.4f}")
-            rng_states = _gather_rng(ctx) if out_dir is not None else None
-            if out_dir is not None and ctx.is_main:
-                run_log.write("epoch", **record)
-                meta = {"epoch": epoch, "global_step": state.global_step, "config": config.to_dict(),
-                        "data": fingerprint,
-                        "hooks": hooks.state_dicts(), "history": history, "last_eval": last_eval}
-                save_checkpoint(out_dir / CHECKPOINT_FILE, model=model, optimizer=optimizer, scheduler=scheduler,
-                                loss_fn=loss_fn, meta=meta, rng_states=rng_states)
-            ctx.barrier()
-    model.eval()
-    metrics = {**_metrics(last_eval, history, epoch, config, data, ctx, model), **extra}
-    if out_dir is not None and ctx.is_main:
-        finalize_outputs(model, info, data, out_dir, metrics)
-        run_log.write("end", epochs_completed=epoch, accuracy=metrics["accuracy"])
-    ctx.barrier()
-    return FitResult(model, metrics, history, out_dir)
-
-
-def _gather_rng(ctx: DistContext) -> list:
-    """Every rank's RNG states, so that a resumed data-parallel run draws the same dropout masks."""
-    from slimkit.engine.checkpoint import capture_rng
-
-    mine = capture_rng()
-    if not ctx.distributed:
-        return [mine]
-    gathered: list[Any] = [None] * ctx.world_size
-    torch.distributed.all_gather_object(gathered, mine)
-    return gathered
-
-
-def _metrics(last_eval: dict, history: list, epochs_done: int, config: TrainConfig, data: Any, ctx: DistContext,
-             model: nn.Module) -> dict[str, Any]:
-    from slimkit.engine.distributed import param_digest
-
-    last = history[-1] if history else {}
-    metrics = {
-        "accuracy": last_eval.get("top1"),
-        "top5": last_eval.get("top5"),
-        "val_loss": last_eval.get("loss"),
-        "epochs_completed": epochs_done,
-        "epochs": config.epochs,
-        "train_loss": last.get("train_loss"),
-        "train_accuracy": last.get("train_accuracy"),
-        "num_train": len(data.train),
-        "num_val": len(data.val),
-        "confusion_matrix": last_eval.get("confusion_matrix"),
-        "config": config.to_dict(),
-    }
-    if ctx.distributed:
-        digests: list[Any] = [None] * ctx.world_size
-        torch.distributed.all_gather_object(digests, param_digest(model))
-        metrics["distributed"] = {"world_size": ctx.world_size, "param_digests": digests,
-                                  "ranks_in_sync": len(set(digests)) == 1}
-        if len(set(digests)) != 1:
-            log.warning("ranks ended with different weights: %s", digests)
-    return metrics

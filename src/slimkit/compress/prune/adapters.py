@@ -1,0 +1,134 @@
+"""Adapters that let Torch-Pruning's dependency graph handle real model zoos without hand settings.
+
+Each adapter recognises a module pattern by its structure (not by model name), tells the
+pruner how to treat it before pruning, and fixes the module's plain attributes afterwards so
+the forward works and a model directory (architecture.json) records the true shapes:
+
+- attention with a fused `qkv` Linear and `num_heads` (timm Attention and look-alikes): head
+  dimensions are pruned alike in every head (Torch-Pruning `num_heads` grouping); afterwards
+  `head_dim`, `attn_dim` and `scale` follow the new width.
+- modules that split their input with stored sizes (timm MixedConv2d in MixNet, MobileViT-v2
+  LinearSelfAttention): sizes are re-read from the pruned layers.
+- attention variants whose internals Torch-Pruning cannot map (key/value dims with position
+  biases, talking heads, multi-scale linear attention, cross-covariance attention, nn.MultiheadAttention):
+  protected, i.e. left at full width inside; the rest of the model is still pruned.
+- caches of derived tensors (`attention_bias_cache`) are cleared, since they hold stale shapes
+  and block deep copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+__all__ = ["ModelAdapters", "analyse_model", "classifier_layers", "clear_caches", "fix_attributes"]
+
+
+@dataclass
+class ModelAdapters:
+    """What the adapters found in one model (modules are the model's own objects)."""
+
+    num_heads: dict[nn.Module, int] = field(default_factory=dict)  # qkv Linear -> heads
+    attention: list[nn.Module] = field(default_factory=list)  # adapted attention modules
+    split_owners: list[nn.Module] = field(default_factory=list)  # modules whose stored split sizes we fix
+    protected: list[nn.Module] = field(default_factory=list)  # modules kept at full width inside
+    notes: list[str] = field(default_factory=list)
+
+
+def _is_fused_qkv_attention(m: nn.Module) -> bool:
+    qkv, heads = getattr(m, "qkv", None), getattr(m, "num_heads", None)
+    if not isinstance(qkv, nn.Linear) or not isinstance(heads, int) or heads < 1:
+        return False
+    head_dim = getattr(m, "head_dim", None)
+    if not isinstance(head_dim, int) or qkv.out_features != 3 * heads * head_dim:
+        return False
+    # q/k norms and gates act on head_dim-sized slices that the graph cannot see.
+    plain = all(isinstance(getattr(m, n, None), (nn.Identity, type(None))) for n in ("q_norm", "k_norm", "gate"))
+    return plain and isinstance(getattr(m, "proj", None), nn.Linear)
+
+
+def _is_mixed_conv(m: nn.Module) -> bool:
+    return type(m).__name__ == "MixedConv2d" and isinstance(getattr(m, "splits", None), (list, tuple))
+
+
+def _is_linear_self_attention(m: nn.Module) -> bool:
+    return type(m).__name__ == "LinearSelfAttention" and isinstance(getattr(m, "qkv_proj", None), nn.Conv2d)
+
+
+_PROTECTED_CLASS_NAMES = {"LiteMLA", "CrossCovarianceAttn"}
+_PROJECTION_NAMES = {"qkv", "q", "k", "v", "kv", "qkvs", "to_qkv", "qkv_proj", "in_proj_weight", "temperature"}
+
+
+def _needs_protection(m: nn.Module) -> bool:
+    if isinstance(m, nn.MultiheadAttention) or type(m).__name__ in _PROTECTED_CLASS_NAMES:
+        return True
+    if "attention_biases" in m._parameters:  # relative position biases indexed per head
+        return True
+    if not isinstance(getattr(m, "num_heads", None), int):
+        return False
+    names = {n for n, _ in m.named_children()} | set(m._parameters)
+    return bool(names & _PROJECTION_NAMES)
+
+
+def analyse_model(model: nn.Module) -> ModelAdapters:
+    """Find the attention, split and protected modules of `model`."""
+    found = ModelAdapters()
+    for name, m in model.named_modules():
+        if any(m in p.modules() for p in found.protected):
+            continue
+        if _is_fused_qkv_attention(m):
+            found.num_heads[m.qkv] = m.num_heads
+            found.attention.append(m)
+        elif _is_mixed_conv(m) or _is_linear_self_attention(m):
+            found.split_owners.append(m)
+        elif _needs_protection(m):
+            found.protected.append(m)
+            found.notes.append(f"{name} ({type(m).__name__}) kept at full width inside: attention internals not mappable")
+    return found
+
+
+def classifier_layers(model: nn.Module, num_outputs: int) -> list[nn.Module]:
+    """Layers whose outputs are the model's logits (their output size must not change)."""
+    layers: list[nn.Module] = []
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        head = get_classifier()
+        if isinstance(head, nn.Module):
+            layers.append(head)
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and m.out_features == num_outputs:
+            layers.append(m)
+        elif isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == num_outputs and m.groups == 1:
+            layers.append(m)
+    return layers
+
+
+def clear_caches(model: nn.Module) -> None:
+    """Drop cached derived tensors (stale after pruning; they also block copy.deepcopy)."""
+    for m in model.modules():
+        for key, value in vars(m).items():
+            if not key.startswith("_") and isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+                value.clear()
+
+
+def fix_attributes(model: nn.Module, adapters: ModelAdapters) -> None:
+    """Make plain attributes agree with the pruned tensor shapes."""
+    for m in adapters.attention:
+        heads = m.num_heads
+        head_dim = m.qkv.out_features // (3 * heads)
+        m.head_dim = head_dim
+        if hasattr(m, "attn_dim"):
+            m.attn_dim = heads * head_dim
+        if isinstance(getattr(m, "scale", None), float):
+            m.scale = head_dim**-0.5  # matches what fused SDPA uses for the new head size
+    for m in adapters.split_owners:
+        if _is_mixed_conv(m):
+            convs = list(m.values())
+            m.splits = [c.in_channels for c in convs]
+            m.in_channels = sum(c.in_channels for c in convs)
+            m.out_channels = sum(c.out_channels for c in convs)
+        elif _is_linear_self_attention(m):
+            m.embed_dim = (m.qkv_proj.out_channels - 1) // 2
+    clear_caches(model)

@@ -1,0 +1,151 @@
+"""`prune_(model, config)`: structured pruning to a budget, in place."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from slimkit.compress.prune.adapters import analyse_model, classifier_layers, clear_caches
+from slimkit.compress.prune.config import PruneConfig
+from slimkit.compress.prune.criteria import Calibration, build_importance
+from slimkit.compress.prune.measure import count_macs, count_params
+from slimkit.compress.prune.safety import locate_failure
+from slimkit.compress.prune.search import Trial, search_latency, search_structural
+from slimkit.compress.prune.structured import Plan, allocate, apply_plan, layer_stats, plan_groups
+from slimkit.errors import BadInputError
+
+__all__ = ["prune_", "PruneResult", "layer_widths", "kept_ratios"]
+
+log = logging.getLogger(__name__)
+MAX_REPAIRS = 6
+
+
+@dataclass
+class PruneResult:
+    """What `prune_` did: measured before/after figures, how close to the target, per-layer widths."""
+
+    target: str | None
+    before: dict[str, Any]
+    after: dict[str, Any]
+    achieved: float | None  # measured ratio of the target's quantity
+    level: float
+    round_to: int
+    kept: dict[str, dict[str, Any]]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    protected: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+class _Broken(Exception):
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output width of every conv / linear layer."""
+    widths = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            widths[name] = m.out_channels
+        elif isinstance(m, nn.Linear):
+            widths[name] = m.out_features
+    return widths
+
+
+def kept_ratios(before: dict[str, int], after: dict[str, int]) -> dict[str, dict[str, Any]]:
+    return {n: {"before": w, "after": after.get(n, w), "kept": round(after.get(n, w) / w, 4)} for n, w in before.items() if w}
+
+
+def prune_(
+    model: nn.Module,
+    config: PruneConfig,
+    example_inputs: torch.Tensor,
+    calib: Calibration | None = None,
+) -> PruneResult:
+    """Prune `model` in place (channels, heads, hidden units) to `config`'s budget; returns what was done."""
+    model.eval()
+    x = example_inputs[:1].detach()
+    with torch.no_grad():
+        reference_out = model(x)
+    clear_caches(model)
+    out_shape = tuple(reference_out.shape)
+    classifier = classifier_layers(model, out_shape[-1])
+    importance = build_importance(config.criterion, model, calib, config.seed)
+    before = {"macs": count_macs(model, x), "params": count_params(model)}
+    widths = layer_widths(model)
+    protected: list[str] = []
+
+    def check(pruned: nn.Module) -> None:
+        bad, message = locate_failure(pruned, x)
+        if bad is not None:
+            raise _Broken(next((n for n, m in pruned.named_modules() if m is bad), ""), message)
+        with torch.no_grad():
+            shape = tuple(pruned(x).shape)
+        clear_caches(pruned)
+        if shape != out_shape:
+            raise BadInputError(f"pruning changed the output shape {out_shape} -> {shape}")
+
+    for _ in range(MAX_REPAIRS):
+        plan = plan_groups(model, x, importance, classifier, list(config.ignore) + protected, analyse_model(model))
+        if not plan.groups:
+            raise BadInputError("nothing in this model can be pruned safely (no prunable channel groups)")
+        try:
+            best, trials = _search(model, x, plan, before, config, check)
+            break
+        except _Broken as broken:
+            name = broken.name
+            if not name or name in protected:
+                raise BadInputError(f"pruning breaks the model's forward ({broken}); cannot repair") from broken
+            log.info("forward broke in %s (%s); protecting it", name, broken)
+            protected.append(name)
+    else:
+        raise BadInputError(f"pruning kept breaking the model's forward after protecting {', '.join(protected)}")
+    apply_plan(model, x, plan, best.keeps)
+    check(model)
+    after = {"macs": count_macs(model, x), "params": count_params(model)}
+    return PruneResult(config.target, before, after, _achieved(config, best, after, before), best.level,
+                       best.round_to, kept_ratios(widths, layer_widths(model)), [t.summary() for t in trials],
+                       plan.frozen_notes + [f"{n} protected: its forward broke when pruned" for n in protected], protected)
+
+
+def _achieved(config: PruneConfig, best: Trial, after: dict, before: dict) -> float | None:
+    target = config.parsed_target
+    if target is None:
+        return None
+    if target.kind == "latency":
+        return best.ratio
+    return after[target.kind] / before[target.kind]
+
+
+def _search(model, x, plan: Plan, before, config: PruneConfig, check) -> tuple[Trial, list[Trial]]:
+    target = config.parsed_target
+    round_to = config.round_to or 1
+    if target is None:
+        keeps = allocate(plan, config.ratio, config.allocation, round_to, config.max_layer_prune)
+        trial = Trial(config.ratio, round_to, keeps, 0, 0, 1.0)
+        from slimkit.compress.prune.search import build_trial
+
+        check(build_trial(model, x, plan, keeps))
+        return trial, [trial]
+    if target.kind == "latency":
+        roundings = [config.round_to] if config.round_to else [1, 8, 16]
+        best, trials = search_latency(model, x, plan, before, target.ratio, config, roundings, check)
+    else:
+        stats = layer_stats(model, x)
+        best, trials = search_structural(model, x, plan, stats, before, target.kind, target.ratio, config, round_to, check)
+    if abs(best.ratio / target.ratio - 1) > config.tolerance and not (target.kind == "latency" and best.ratio < target.ratio):
+        raise BadInputError(
+            f"target {target} is out of reach: the closest measured {target.kind} ratio was {best.ratio:.3f} "
+            f"(every layer keeps >= {1 - config.max_layer_prune:.0%}; protected parts stay whole)"
+        )
+    return best, trials

@@ -1,0 +1,123 @@
+"""PruneConfig: one validated, versioned description of a pruning job (JSON round-trip)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from slimkit.errors import BadInputError
+
+__all__ = ["PruneConfig", "Target", "parse_target", "ALLOCATIONS", "TARGET_KINDS", "CONFIG_VERSION"]
+
+CONFIG_VERSION = 1
+TARGET_KINDS = ("macs", "params", "latency")
+ALLOCATIONS = ("uniform", "global", "adaptive")
+UNSTRUCTURED_SCOPES = ("global", "layer", "lamp")
+_TARGET = re.compile(r"^\s*(?P<kind>[a-z_]+)\s*=\s*(?P<value>[0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(?P<pct>%?)\s*$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A budget as a fraction of the original model: kind in macs | params | latency."""
+
+    kind: str
+    ratio: float
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.ratio:g}"
+
+
+def parse_target(text: str | Target | None) -> Target | None:
+    """Parse 'macs=0.5' (or 'macs=50%') into a Target; one-line BadInputError on anything else."""
+    if text is None or isinstance(text, Target):
+        return text
+    match = _TARGET.match(str(text))
+    if not match:
+        raise BadInputError(f"malformed target {text!r}: expected KIND=FRACTION, e.g. macs=0.5 (KIND: {', '.join(TARGET_KINDS)})")
+    kind, ratio = match["kind"], float(match["value"]) / (100.0 if match["pct"] else 1.0)
+    if kind not in TARGET_KINDS:
+        raise BadInputError(f"unknown target kind {kind!r}; choose from {', '.join(TARGET_KINDS)}")
+    if not 0.0 < ratio < 1.0:
+        raise BadInputError(f"target {text!r} must be a fraction of the original strictly between 0 and 1")
+    return Target(kind, ratio)
+
+
+@dataclass
+class PruneConfig:
+    """How to prune: budget, criterion, allocation, rounding; validated on construction."""
+
+    target: str | None = "macs=0.5"  # KIND=FRACTION of the original; None with `ratio` = fixed channel ratio
+    ratio: float | None = None  # fraction of prunable channels removed (used when target is None)
+    criterion: str = "l2"
+    allocation: str = "global"  # uniform | global | adaptive (cost-aware global ranking)
+    round_to: int | None = 8  # channel multiple; None = choose by measurement for latency targets, else 1
+    tolerance: float = 0.1  # accepted relative miss of the target (0.1 = +-10%)
+    max_layer_prune: float = 0.9  # no group loses more than this fraction: a layer is never removed
+    ignore: list[str] = field(default_factory=list)  # module-name prefixes left unpruned
+    calib_batches: int = 4  # batches of data for data-driven criteria (taylor, lrp)
+    latency_threads: int = 1  # ONNX Runtime intra-op threads for latency targets
+    unstructured: float | None = None  # extra weight sparsity after structured pruning (0..1)
+    unstructured_scope: str = "global"  # global | layer | lamp
+    seed: int = 0
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        from slimkit.compress.prune.criteria import available_criteria
+
+        if self.target is not None:
+            self.target = str(parse_target(self.target))
+        elif self.ratio is None:
+            raise BadInputError("give a target (e.g. macs=0.5) or a channel ratio")
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+            raise BadInputError(f"ratio must be in [0, 1), got {self.ratio}")
+        if self.criterion not in available_criteria():
+            raise BadInputError(f"unknown criterion {self.criterion!r}; choose from {', '.join(available_criteria())}")
+        _choice("allocation", self.allocation, ALLOCATIONS)
+        _choice("unstructured_scope", self.unstructured_scope, UNSTRUCTURED_SCOPES)
+        if self.round_to is not None and not 1 <= int(self.round_to) <= 256:
+            raise BadInputError(f"round_to must be in 1..256, got {self.round_to}")
+        if not 0.0 < self.tolerance < 1.0:
+            raise BadInputError(f"tolerance must be in (0, 1), got {self.tolerance}")
+        if not 0.0 < self.max_layer_prune < 1.0:
+            raise BadInputError(f"max_layer_prune must be in (0, 1), got {self.max_layer_prune}")
+        if self.unstructured is not None and not 0.0 < self.unstructured < 1.0:
+            raise BadInputError(f"unstructured sparsity must be in (0, 1), got {self.unstructured}")
+        if self.calib_batches < 1 or self.latency_threads < 1:
+            raise BadInputError("calib_batches and latency_threads must be >= 1")
+        if self.version > CONFIG_VERSION:
+            raise BadInputError(f"prune config version {self.version} is newer than this slimkit ({CONFIG_VERSION})")
+
+    @property
+    def parsed_target(self) -> Target | None:
+        return parse_target(self.target)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PruneConfig":
+        if not isinstance(data, dict):
+            raise BadInputError("a prune config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInputError(f"unknown prune config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PruneConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"prune config is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise BadInputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")

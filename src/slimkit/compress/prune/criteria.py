@@ -1,0 +1,132 @@
+"""Channel-importance criteria, one registry: `@register_criterion("name")`.
+
+A criterion factory returns a Torch-Pruning `Importance` (called on a dependency group,
+it returns one score per channel of the group's root). Data-driven criteria get a
+`Calibration` (a few labelled batches) and may run forward/backward passes first.
+Scores are normalised by their group mean, so groups can be ranked against each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_pruning as tp
+
+from slimkit.errors import BadInputError
+
+__all__ = ["Calibration", "register_criterion", "available_criteria", "build_importance", "criterion_needs_data"]
+
+
+@dataclass
+class Calibration:
+    """A few labelled batches for data-driven criteria: list of (inputs, labels)."""
+
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class _Entry:
+    factory: Callable[[nn.Module, Calibration | None, int], tp.importance.Importance]
+    needs_data: bool
+    doc: str
+
+
+_CRITERIA: dict[str, _Entry] = {}
+
+
+def register_criterion(name: str, *, needs_data: bool = False) -> Callable:
+    """Register `factory(model, calibration, seed) -> Importance` under `name`."""
+
+    def deco(factory: Callable) -> Callable:
+        _CRITERIA[name] = _Entry(factory, needs_data, (factory.__doc__ or "").strip().splitlines()[0])
+        return factory
+
+    return deco
+
+
+def available_criteria() -> list[str]:
+    _load_plugins()
+    return sorted(_CRITERIA)
+
+
+def criterion_needs_data(name: str) -> bool:
+    _load_plugins()
+    return _CRITERIA[name].needs_data
+
+
+def build_importance(name: str, model: nn.Module, calib: Calibration | None = None, seed: int = 0):
+    """Instantiate criterion `name` for `model` (data-driven ones run on `calib` now)."""
+    _load_plugins()
+    if name not in _CRITERIA:
+        raise BadInputError(f"unknown criterion {name!r}; choose from {', '.join(sorted(_CRITERIA))}")
+    entry = _CRITERIA[name]
+    if entry.needs_data and (calib is None or not calib.batches):
+        raise BadInputError(f"criterion {name!r} needs data: pass --data (calibration batches)")
+    return entry.factory(model, calib, seed)
+
+
+def _load_plugins() -> None:
+    import slimkit.compress.prune.lrp  # noqa: F401  (registers "lrp")
+
+
+@register_criterion("l1")
+def _l1(model: nn.Module, calib: Calibration | None, seed: int):
+    """Group L1 norm of the weights of every layer that loses the channel."""
+    return tp.importance.GroupMagnitudeImportance(p=1, normalizer="mean", group_reduction="mean")
+
+
+@register_criterion("l2")
+def _l2(model: nn.Module, calib: Calibration | None, seed: int):
+    """Group L2 norm (squared) of the weights of every layer that loses the channel."""
+    return tp.importance.GroupMagnitudeImportance(p=2, normalizer="mean", group_reduction="mean")
+
+
+class _BNScaleOrL1(tp.importance.Importance):
+    """|gamma| of the group's BatchNorm layers; groups without BatchNorm fall back to L1."""
+
+    def __init__(self) -> None:
+        self.bn = tp.importance.BNScaleImportance(normalizer="mean")
+        self.l1 = tp.importance.GroupMagnitudeImportance(p=1, normalizer="mean")
+
+    def __call__(self, group):
+        imp = self.bn(group)
+        return imp if imp is not None else self.l1(group)
+
+
+@register_criterion("bn_scale")
+def _bn_scale(model: nn.Module, calib: Calibration | None, seed: int):
+    """BatchNorm scale |gamma| (network slimming); L1 where a group has no BatchNorm."""
+    return _BNScaleOrL1()
+
+
+class _SeededRandom(tp.importance.Importance):
+    def __init__(self, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, group):
+        return torch.rand(len(group[0].idxs), generator=self.gen)
+
+
+@register_criterion("random")
+def _random(model: nn.Module, calib: Calibration | None, seed: int):
+    """Uniform random scores (seeded): the baseline every paper compares with."""
+    return _SeededRandom(seed)
+
+
+def accumulate_gradients(model: nn.Module, calib: Calibration) -> None:
+    """Sum the cross-entropy gradients of the calibration batches into `.grad` (model left in its mode)."""
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        for x, y in calib.batches:
+            F.cross_entropy(model(x), y).backward()
+
+
+@register_criterion("taylor", needs_data=True)
+def _taylor(model: nn.Module, calib: Calibration | None, seed: int):
+    """First-order Taylor |w * dL/dw| summed over the group (Molchanov et al. 2019), on calibration data."""
+    accumulate_gradients(model, calib)
+    return tp.importance.GroupTaylorImportance(normalizer="mean", group_reduction="mean")

@@ -1,0 +1,202 @@
+"""Channel-safety analysis: which dependency groups Torch-Pruning can prune *correctly*.
+
+Torch-Pruning maps channel indices through functional ops with heuristics: a reshape is an
+identity or a flatten, anything unknown is element-wise, a split prunes each piece on its own.
+Those guesses are wrong for a channel shuffle (a permutation), for `chunk` into equal halves
+(pieces must shrink alike), for head-splitting reshapes of unknown attention, or for a mean
+over channels; the pruned model then fails, or silently computes something else.
+
+We record every op's input and output shapes while the graph is traced (a TorchFunctionMode,
+keyed by the autograd node Torch-Pruning also sees), and mark an op *unsafe* unless the channel
+axis provably survives it intact (same size, same leading extent), or it is a transpose/permute,
+or a channel-major flatten. Groups that touch an unsafe op are frozen (left at full width).
+Known-good owners (adapted attention, split-size adapters) are exempt.
+
+`locate_failure` is the last line of defence: it runs a pruned model and names the innermost
+non-torch.nn module whose forward raised, so the caller can protect it and retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["OpRecord", "ShapeRecorder", "unsafe_nodes", "locate_failure", "tolerant_index_mapping", "unsupported_convs"]
+
+_PERMUTES = ("permute", "transpose", "movedim", "swapaxes", "swapdims", "mT", "t")
+
+
+@dataclass
+class OpRecord:
+    func: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    owner: nn.Module | None  # innermost module running when the op ran
+
+
+class ShapeRecorder(TorchFunctionMode):
+    """Records (op, input shape, output shape, owner module) for each autograd node created."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.records: dict[Any, OpRecord] = {}
+        self._stack: list[nn.Module] = []
+        self._handles = []
+        self._handles = _stack_hooks(model, self._stack)
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        return super().__exit__(*exc)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if first is not None:
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            owner = self._stack[-1] if self._stack else None
+            for o in outs:
+                if isinstance(o, torch.Tensor) and o.grad_fn is not None and o.grad_fn not in self.records:
+                    name = getattr(func, "__name__", str(func))
+                    self.records[o.grad_fn] = OpRecord(name, tuple(first.shape), tuple(o.shape), owner)
+        return out
+
+
+@contextlib.contextmanager
+def tolerant_index_mapping(failed: set | None = None) -> Iterator[set]:
+    """Let Torch-Pruning skip reshapes whose index mapping it cannot compute (e.g. a channel
+    shuffle divides by zero there); the nodes it gave up on are collected in `failed` and are
+    then treated as unsafe, so their groups stay whole."""
+    from torch_pruning.dependency import index_mapping
+
+    failed = set() if failed is None else failed
+    original = index_mapping.update_reshape_index_mapping
+
+    def guarded(graph, node) -> None:
+        try:
+            original(graph, node)
+        except (ZeroDivisionError, IndexError, TypeError, ValueError):
+            failed.add(node.module)
+
+    index_mapping.update_reshape_index_mapping = guarded
+    try:
+        yield failed
+    finally:
+        index_mapping.update_reshape_index_mapping = original
+
+
+def unsupported_convs(model: nn.Module) -> list[nn.Module]:
+    """Grouped convs Torch-Pruning cannot shrink consistently: depthwise with a channel multiplier
+    (groups == in_channels != out_channels), whose input and output channels are tied 1:k."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)
+            and m.groups > 1 and m.groups == m.in_channels and m.out_channels != m.in_channels]
+
+
+def _stack_hooks(model: nn.Module, stack: list[nn.Module]) -> list:
+    """Hooks keeping `stack` = the modules whose forward is running, innermost last."""
+
+    def enter(mod, _inputs) -> None:
+        stack.append(mod)
+
+    def leave(mod, _inputs, _output) -> None:
+        if stack:
+            stack.pop()
+
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(enter))
+        handles.append(m.register_forward_hook(leave))
+    return handles
+
+
+def _prod(values) -> int:
+    return math.prod(values) if values else 1
+
+
+def _channel_axes(shape: tuple[int, ...], channels: int) -> list[int]:
+    axes = [a for a, s in enumerate(shape) if s == channels and a > 0]
+    preferred = 1 if len(shape) in (4, 5) else len(shape) - 1
+    return sorted(axes, key=lambda a: a != preferred)
+
+
+def channel_preserved(rec: OpRecord, channels: int | None) -> bool:
+    """True when channel c before the op is channel c after it (what Torch-Pruning assumes)."""
+    if rec.in_shape == rec.out_shape:
+        return True
+    if rec.func in _PERMUTES:
+        return True
+    if not channels:
+        return False
+    for a in _channel_axes(rec.in_shape, channels):
+        lead, trail = _prod(rec.in_shape[:a]), _prod(rec.in_shape[a + 1:])
+        for b, size in enumerate(rec.out_shape):
+            if size == channels and trail == _prod(rec.out_shape[b + 1:]):
+                return True  # channel axis whole with the same inner extent: x[:, 0], (B,N,C)->(B,C)
+            if _prod(rec.out_shape[:b]) != lead:
+                continue
+            if size == channels:
+                return True  # channel axis whole at the same outer extent: pooling, (B,C,H,W)->(B,C,HW)
+            tail = rec.in_shape[a:]
+            if any(size == _prod(tail[:k]) for k in range(2, len(tail) + 1)):
+                return True  # channel-major flatten: Torch-Pruning maps it with a stride
+    return False
+
+
+def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module]) -> list[Any]:
+    """Op nodes of `graph` whose channel mapping Torch-Pruning would get wrong."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import shape_infer
+
+    checked = {ops.OPTYPE.RESHAPE, ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.SLICE, ops.OPTYPE.EXPAND,
+               ops.OPTYPE.SPLIT, ops.OPTYPE.UNBIND}
+    bad = []
+    for module, node in graph.module2node.items():
+        if node.type not in checked:
+            continue
+        rec = records.get(node.grad_fn)
+        if rec is not None and rec.owner is not None and rec.owner in exempt:
+            continue
+        if node.type in (ops.OPTYPE.SPLIT, ops.OPTYPE.UNBIND):
+            bad.append(module)  # pieces would be pruned independently of each other
+            continue
+        if rec is None:
+            continue
+        channels = None
+        if node.inputs:
+            channels = shape_infer.infer_out_channels_recursively(graph, node.inputs[0], [0])
+        if node.type == ops.OPTYPE.SLICE:
+            dim = getattr(node.grad_fn, "_saved_dim", None)
+            axes = _channel_axes(rec.in_shape, channels) if channels else []
+            if dim is None or not axes or dim % max(len(rec.in_shape), 1) in axes[:1]:
+                bad.append(module)
+            continue
+        if not channel_preserved(rec, channels):
+            bad.append(module)
+    return bad
+
+
+_TORCH_NN = "torch.nn."
+
+
+def locate_failure(model: nn.Module, example_inputs: torch.Tensor) -> tuple[nn.Module | None, str]:
+    """Run `model`; on an exception return the innermost user-level module running, and the error."""
+    stack: list[nn.Module] = []
+    handles = _stack_hooks(model, stack)
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+        return None, ""
+    except Exception as exc:  # the model's own code raised: find whose forward it was
+        for mod in reversed(stack):
+            if not type(mod).__module__.startswith(_TORCH_NN.rstrip(".")) and mod is not model:
+                return mod, f"{type(exc).__name__}: {exc}"
+        return model, f"{type(exc).__name__}: {exc}"
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,140 @@
+"""Meet a budget: find the pruning level whose *measured* MACs / params / latency hit the target.
+
+MACs and params: bisection on a per-layer estimate (exact for conv/linear widths), then real
+pruned copies are measured and the estimate's goal is corrected by the measured miss (secant
+steps) until the measured ratio is within 2% of the target, or the best of a few tries is kept.
+Latency: bisection directly on ONNX Runtime latency ratios of real pruned copies, timed
+interleaved with the original; each candidate rounding is searched and the one that meets the
+target while keeping the most MACs wins.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from slimkit.compress.prune.adapters import clear_caches
+from slimkit.compress.prune.measure import count_macs, count_params, ort_runner
+from slimkit.compress.prune.structured import Plan, allocate, apply_plan
+
+__all__ = ["Trial", "estimate", "search_structural", "search_latency", "build_trial"]
+
+log = logging.getLogger(__name__)
+INNER_TOLERANCE = 0.02
+
+
+@dataclass
+class Trial:
+    level: float
+    round_to: int
+    keeps: list[int]
+    macs: int
+    params: int
+    ratio: float  # measured quantity / original
+    model: nn.Module | None = None
+
+    def summary(self) -> dict:
+        return {"level": round(self.level, 5), "round_to": self.round_to, "ratio": round(self.ratio, 5),
+                "macs": self.macs, "params": self.params}
+
+
+def estimate(plan: Plan, keeps: list[int], stats: dict[str, dict], base: dict[str, int]) -> dict[str, float]:
+    """Estimated MACs and params after pruning (conv/linear/norm widths; the rest unchanged)."""
+    removed: dict[tuple[str, str], float] = defaultdict(float)
+    for g, keep in zip(plan.groups, keeps):
+        frac = (g.size - keep) / g.size
+        for name, kind, count in g.dims:
+            removed[(name, kind)] += count * frac
+    macs = base["macs"] - sum(s["macs"] for s in stats.values())
+    params = base["params"] - sum(s["params"] for s in stats.values())
+    for name, s in stats.items():
+        f_out = 1 - removed[(name, "out")] / s["out"] if s["out"] else 1.0
+        f_in = 1 - removed[(name, "in")] / s["in"] if s["in"] else 1.0
+        f = min(f_in, f_out) if s["depthwise"] else f_in * f_out
+        macs += s["macs"] * f
+        params += s["params"] * f
+    return {"macs": max(macs, 0.0), "params": max(params, 0.0)}
+
+
+def build_trial(model: nn.Module, x: torch.Tensor, plan: Plan, keeps: list[int]) -> nn.Module:
+    clear_caches(model)
+    trial = copy.deepcopy(model)
+    return apply_plan(trial, x, plan, keeps)
+
+
+def _solve(fn: Callable[[float], float], goal: float, hi: float, iters: int = 40) -> float:
+    """Smallest level in [0, hi] with fn(level) <= goal (fn non-increasing), by bisection."""
+    lo = 0.0
+    if fn(hi) > goal:
+        return hi
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if fn(mid) <= goal:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def search_structural(model, x, plan, stats, base, kind, ratio, cfg, round_to, check) -> tuple[Trial, list[Trial]]:
+    """Find keeps whose measured `kind` (macs | params) ratio is closest to `ratio`."""
+    def est(level: float) -> float:
+        keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
+        return estimate(plan, keeps, stats, base)[kind] / base[kind]
+
+    goal, trials = ratio, []
+    for _ in range(5):
+        level = _solve(est, goal, cfg.max_layer_prune)
+        keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
+        if trials and keeps == trials[-1].keeps:
+            break
+        pruned = build_trial(model, x, plan, keeps)
+        check(pruned)
+        macs, params = count_macs(pruned, x), count_params(pruned)
+        measured = (macs if kind == "macs" else params) / base[kind]
+        trials.append(Trial(level, round_to, keeps, macs, params, measured))
+        log.info("level %.4f -> measured %s ratio %.4f (target %.4f)", level, kind, measured, ratio)
+        if abs(measured / ratio - 1) <= INNER_TOLERANCE or level >= cfg.max_layer_prune and measured > ratio:
+            break
+        goal = min(max(goal * ratio / measured, 1e-3), 1.0)
+    best = min(trials, key=lambda t: (abs(t.ratio / ratio - 1), t.ratio))
+    return best, trials
+
+
+def search_latency(model, x, plan, base, ratio, cfg, roundings, check, steps: int = 6) -> tuple[Trial, list[Trial]]:
+    """Bisection on measured ONNX Runtime latency ratio, once per candidate rounding."""
+    reference = ort_runner(model, x, cfg.latency_threads)
+    trials: list[Trial] = []
+    for round_to in roundings:
+        lo, hi = 0.0, cfg.max_layer_prune
+        for _ in range(steps):
+            level = (lo + hi) / 2
+            trial = _latency_trial(model, x, plan, cfg, round_to, level, reference, base, check)
+            trials.append(trial)
+            if trial.ratio <= ratio:
+                hi = level
+            else:
+                lo = level
+    meeting = [t for t in trials if t.ratio <= ratio * (1 + cfg.tolerance)]
+    pool = meeting or trials
+    best = max(pool, key=lambda t: t.macs) if meeting else min(pool, key=lambda t: t.ratio)
+    return best, trials
+
+
+def _latency_trial(model, x, plan, cfg, round_to, level, reference, base, check) -> Trial:
+    from slimkit.profile.timing import measure_interleaved
+
+    keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
+    pruned = build_trial(model, x, plan, keeps)
+    check(pruned)
+    cand = ort_runner(pruned, x, cfg.latency_threads)
+    t = measure_interleaved({"ref": reference, "cand": cand}, warmup=3, repetitions=20, rounds=4, min_time_s=0.2)
+    measured = t["cand"].median / t["ref"].median
+    log.info("round_to %d level %.3f -> latency ratio %.3f", round_to, level, measured)
+    return Trial(level, round_to, keeps, count_macs(pruned, x), count_params(pruned), measured)

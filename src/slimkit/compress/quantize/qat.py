@@ -1,0 +1,197 @@
+"""Quantization-aware training in PyTorch with fake-quant, exported to standard ONNX QDQ that ONNX Runtime runs.
+
+Every Conv2d / Linear becomes a `QuantLayer`: its input goes through an activation fake-quant (uint8,
+asymmetric, per tensor; range observed by EMA or learned by gradient through the clipping bounds, as in
+PACT) and its weight through a per-channel symmetric int8 fake-quant (scale max|w|/127, the same rounding
+ONNX Runtime's static quantizer uses). Gradients pass the rounding straight through. Batch norms are
+folded first, so the weights being trained are the ones that get quantized.
+Optional distillation ("Model compression via distillation and quantization", Polino et al. 2018): the
+float model is the teacher and the loss mixes cross-entropy with a temperature-softened KL term.
+Export: torch's fake-quant ops become QuantizeLinear/DequantizeLinear; the weight QuantizeLinear nodes
+are then folded into int8 initializers (see qdq_fold), giving the DQ(int8 weight) -> Conv form ORT fuses.
+
+`qat_finetune` is a deliberately minimal loop; `qat_loss` is the piece slimkit.engine.fit can take as a
+loss hook once the training engine lands.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slimkit.compress.quantize.config import QATConfig
+from slimkit.compress.quantize.fold import fold_batchnorm_
+
+__all__ = ["ActFakeQuant", "QuantLayer", "prepare_qat", "calibrate_qat_", "qat_loss", "qat_finetune", "export_qat_onnx",
+           "QAT_ATOL"]
+
+log = logging.getLogger(__name__)
+QAT_ATOL = 0.02  # QDQ parity: ORT's int arithmetic may round a value one step apart from torch's float path
+
+
+class ActFakeQuant(nn.Module):
+    """uint8 asymmetric per-tensor fake-quant with an observed (EMA) or learned range."""
+
+    def __init__(self, mode: str = "learned", ema_decay: float = 0.9):
+        super().__init__()
+        self.mode, self.ema_decay = mode, ema_decay
+        self.register_buffer("lo", torch.tensor(0.0))
+        self.register_buffer("hi", torch.tensor(1.0))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("nonneg", torch.tensor(False))  # inputs never negative (after ReLU): keep lo = 0
+        self.lo_param = nn.Parameter(torch.tensor(0.0)) if mode == "learned" else None
+        self.hi_param = nn.Parameter(torch.tensor(1.0)) if mode == "learned" else None
+        self.enabled = True
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = x.min().clamp(max=0.0), x.max().clamp(min=0.0)
+        if not bool(self.initialized):
+            self.lo.copy_(lo), self.hi.copy_(hi), self.nonneg.fill_(bool(x.min() >= 0))
+            self.initialized.fill_(True)
+        else:
+            d = self.ema_decay
+            self.lo.mul_(d).add_((1 - d) * lo), self.hi.mul_(d).add_((1 - d) * hi)
+            self.nonneg.logical_and_(x.min() >= 0)
+        if self.lo_param is not None:
+            self.lo_param.copy_(self.lo), self.hi_param.copy_(self.hi)
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = (self.lo_param, self.hi_param) if self.lo_param is not None else (self.lo, self.hi)
+        lo = torch.zeros_like(lo) if bool(self.nonneg) else torch.clamp(lo, max=0.0)
+        return lo, torch.maximum(hi, lo + 1e-6)
+
+    def qparams(self) -> tuple[float, int]:
+        lo, hi = (float(v) for v in self.bounds())
+        scale = (hi - lo) / 255.0
+        return scale, int(min(255, max(0, round(-lo / scale))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.initialized) or (self.training and self.mode == "observed"):
+            self.observe(x.detach())
+        if not self.enabled:
+            return x
+        if not self.training:
+            scale, zp = self.qparams()
+            return torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 255)
+        lo, hi = self.bounds()
+        scale = (hi - lo) / 255.0
+        zp = torch.round(-lo / scale).clamp(0, 255).detach()
+        xc = torch.minimum(torch.maximum(x, -zp * scale), (255 - zp) * scale)  # grads reach lo/hi where clipped
+        xq = (torch.clamp(torch.round(xc / scale) + zp, 0, 255) - zp) * scale
+        return xc + (xq - xc).detach()
+
+
+class QuantLayer(nn.Module):
+    """A Conv2d/Linear whose input and weight are fake-quantized."""
+
+    def __init__(self, layer: nn.Module, config: QATConfig):
+        super().__init__()
+        self.layer = layer
+        self.act = ActFakeQuant(config.activation_range, config.ema_decay)
+        self.register_buffer("w_scale", None)  # frozen per-channel scale for export
+
+    def weight_scale(self) -> torch.Tensor:
+        if self.w_scale is not None and not self.training:
+            return self.w_scale
+        return (self.layer.weight.detach().abs().flatten(1).amax(1) / 127.0).clamp_min(1e-12).float()
+
+    def freeze_(self) -> None:
+        self.w_scale = self.weight_scale().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(x)
+        w = self.layer.weight
+        zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+        wq = torch.fake_quantize_per_channel_affine(w, self.weight_scale(), zero, 0, -128, 127)
+        if self.training:
+            wq = w + (wq - w).detach()
+        if isinstance(self.layer, nn.Conv2d):
+            return self.layer._conv_forward(x, wq, self.layer.bias)
+        return F.linear(x, wq, self.layer.bias)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def prepare_qat(model: nn.Module, config: QATConfig | None = None) -> nn.Module:
+    """A new model with batch norms folded and every Conv2d/Linear wrapped in a QuantLayer."""
+    config = config or QATConfig()
+    qmodel = copy.deepcopy(model).eval()
+    for _, bn_name in fold_batchnorm_(qmodel):
+        bn = qmodel.get_submodule(bn_name)
+        # A folded BN in train mode would renormalise with batch statistics; timm's BatchNormAct keeps its act.
+        _replace(qmodel, bn_name, getattr(bn, "act", None) or nn.Identity())
+    targets = [n for n, m in qmodel.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for name in targets:
+        _replace(qmodel, name, QuantLayer(qmodel.get_submodule(name), config))
+    return qmodel
+
+
+@torch.no_grad()
+def calibrate_qat_(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> None:
+    """Initialise activation ranges from float activations on `x` (model changed in place)."""
+    acts = [m for m in model.modules() if isinstance(m, ActFakeQuant)]
+    for a in acts:
+        a.enabled, a.mode_saved, a.mode = False, a.mode, "observed"
+    was = model.training
+    model.train()  # observers update in train mode; nothing else trains here
+    for i in range(0, len(x), batch_size):
+        model(x[i : i + batch_size])
+    model.train(was)
+    for a in acts:
+        a.enabled, a.mode = True, a.mode_saved
+
+
+def qat_loss(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None, config: QATConfig) -> torch.Tensor:
+    """Cross-entropy, mixed with temperature-softened KL to the teacher when distillation is on."""
+    ce = F.cross_entropy(logits, target)
+    if teacher_logits is None or config.distill_alpha == 0.0:
+        return ce
+    t = config.temperature
+    kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean") * t * t
+    return (1 - config.distill_alpha) * ce + config.distill_alpha * kd
+
+
+def qat_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: QATConfig | None = None,
+                 teacher: nn.Module | None = None, seed: int = 0) -> list[float]:
+    """Fine-tune a prepared QAT model in place (distilling from `teacher` if given); mean loss per epoch."""
+    from slimkit.compress.quantize._train import finetune
+
+    config = config or QATConfig()
+    if any(isinstance(m, ActFakeQuant) and not bool(m.initialized) for m in model.modules()):
+        calibrate_qat_(model, x[: 4 * config.batch_size])
+    use_teacher = teacher if config.distill_alpha > 0 else None
+    return finetune(model, x, y, lambda out, tgt, t_out: qat_loss(out, tgt, t_out, config), epochs=config.epochs,
+                    lr=config.lr, batch_size=config.batch_size, teacher=use_teacher, seed=seed)
+
+
+def export_qat_onnx(model: nn.Module, input_size: Sequence[int], path: str | os.PathLike, opset: int = 17):
+    """Export a QAT model to QDQ ONNX with int8 weights, verified against the PyTorch fake-quant model."""
+    from slimkit.compress.quantize.qdq_fold import fold_weight_quantize
+    from slimkit.deploy.onnx_export import export_onnx, verify_onnx
+
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, QuantLayer):
+            m.freeze_()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.qdq.onnx")
+    try:
+        report = export_onnx(model, input_size, tmp, opset=opset, atol=QAT_ATOL)
+        fold_weight_quantize(tmp, tmp)
+        report.check = verify_onnx(model, tmp, input_size, atol=QAT_ATOL)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report.path, report.size_bytes = str(path), path.stat().st_size
+    return report

@@ -1,0 +1,136 @@
+"""Static QDQ int8 PTQ on a digits CNN trained inside the test: graph form, accuracy, calibration, mixed precision."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from quant_helpers import SIZE, FakeClock, digits_tensors, trained
+from slimkit.compress.quantize.calib import load_quant_data
+from slimkit.compress.quantize.config import PTQConfig
+from slimkit.compress.quantize.graph import OnnxGraph
+from slimkit.compress.quantize.ort_eval import accuracy
+from slimkit.compress.quantize.pipeline import quantize_ptq
+from slimkit.compress.quantize.ptq import Int8Builder, QuantSettings, prepare_fp32
+from slimkit.compress.quantize.sensitivity import keep_sensitive_float, layer_sensitivity
+from slimkit.compress.quantize.speed_guard import OrtLatency
+from slimkit.deploy import export_onnx
+
+
+def fake_latency(clock=None):
+    clock = clock or FakeClock()
+    cost = lambda path: 1e-3 * len(onnx.load(str(path)).graph.node)  # noqa: E731  (deterministic, not wall-clock)
+    return OrtLatency(SIZE, warmup=1, repetitions=4, rounds=2, clock=clock, runner=clock.runner_for(cost))
+
+
+@pytest.fixture(scope="module")
+def quant_data():
+    return load_quant_data("digits", SIZE, calib_samples=128, val_samples=None)
+
+
+def _qdq_convs(path):
+    """For each Conv: (input from DequantizeLinear, weight = DQ(int8 initializer), weight scale shape)."""
+    g = OnnxGraph(path)
+    inits = {t.name: t for t in g.model.graph.initializer}
+    rows = []
+    for node in g.nodes:
+        if node.op_type != "Conv":
+            continue
+        x_dq, w_dq = g.upstream(node.input[0]), g.upstream(node.input[1])
+        w_int8 = w_dq is not None and inits.get(w_dq.input[0]) is not None and inits[w_dq.input[0]].data_type == onnx.TensorProto.INT8
+        scale_shape = tuple(inits[w_dq.input[1]].dims) if w_int8 else None
+        rows.append((x_dq is not None and x_dq.op_type == "DequantizeLinear", w_int8, scale_shape))
+    return rows
+
+
+def test_ptq_pipeline_qdq_graph_and_accuracy(tmp_path, quant_data):
+    model = trained("plain")
+    report = quantize_ptq(model, SIZE, quant_data, PTQConfig(calib_samples=128, max_drop=1.0), tmp_path / "q",
+                          latency=fake_latency())
+    out = tmp_path / "q"
+    assert sorted(p.name for p in out.iterdir()) == ["model.int8.onnx", "model.onnx", "report.json"]
+    convs = _qdq_convs(out / "model.int8.onnx")
+    assert [r[:2] for r in convs] == [(True, True)] * 3
+    assert [r[2] for r in convs] == [(16,), (32,), (64,)]  # per-channel weight scales
+    _, (vx, vy) = digits_tensors()
+    acc8 = accuracy(out / "model.int8.onnx", vx.numpy(), vy.numpy())
+    acc32 = accuracy(out / "model.onnx", vx.numpy(), vy.numpy())
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["accuracy"]["int8"] == pytest.approx(acc8) and saved["accuracy"]["fp32"] == pytest.approx(acc32)
+    assert acc32 - acc8 <= 1.0 and saved["accuracy"]["met"] is True
+    assert saved["size_bytes"]["int8"] < saved["size_bytes"]["fp32"] == (out / "model.onnx").stat().st_size
+    assert set(saved["latency_ms"]) == {"fp32", "int8", "speedup"} and saved["export"]["check"]["passed"]
+    assert saved["latency"]["int8"]["repetitions"] == 4 and saved["speed_guard"]["verdict"] in ("faster", "no_gain", "slower")
+    assert report["preprocess"]["depthwise"] is False and report["preprocess"]["equalize"] is None
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prep")
+    export_onnx(trained("plain"), SIZE, d / "m.onnx")
+    return prepare_fp32(d / "m.onnx", d / "pre.onnx")
+
+
+def _activation_scales(path):
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_calibration_methods_and_granularity(tmp_path, prepared, quant_data):
+    builder = Int8Builder(prepared, quant_data.calib_x, tmp_path)
+    scales = {m: _activation_scales(builder.build(QuantSettings(method=m))) for m in ("minmax", "percentile", "entropy")}
+    assert scales["minmax"].keys() == scales["percentile"].keys() == scales["entropy"].keys()
+    # percentile ranges lie inside the observed min/max, and clip at least one tensor
+    assert all(scales["percentile"][k] <= scales["minmax"][k] * (1 + 1e-6) for k in scales["minmax"])
+    assert any(scales["percentile"][k] < scales["minmax"][k] * 0.999 for k in scales["minmax"])
+    assert scales["entropy"] != scales["minmax"]
+    per_tensor = _qdq_convs(builder.build(QuantSettings(per_channel=False)))
+    assert [r[2] for r in per_tensor] == [()] * 3
+    symmetric = onnx.load(str(builder.build(QuantSettings(symmetric_activations=True))))
+    act_zps = {n.input[2] for n in symmetric.graph.node if n.op_type == "QuantizeLinear"}
+    zps = [t for t in symmetric.graph.initializer if t.name in act_zps]
+    assert zps and all(t.data_type == onnx.TensorProto.INT8 and numpy_helper.to_array(t) == 0 for t in zps)
+    builds = builder.builds
+    builder.build(QuantSettings(method="entropy"))
+    assert builder.builds == builds  # identical settings are served from the cache
+
+
+def test_mixed_precision_search_is_logarithmic():
+    ranking = [f"layer{i}" for i in range(10)]
+    evaluated = []
+
+    def build(settings):
+        return len(settings.exclude)  # stands in for a path: the number of float layers
+
+    def evaluate(k):
+        evaluated.append(k)
+        return 90.0 + k
+
+    result = keep_sensitive_float(build, QuantSettings(), ranking, evaluate, fp32_accuracy=95.0, max_drop=1.0)
+    assert result.met and result.float_layers == ranking[:4] and result.accuracy == 94.0
+    assert evaluated == [0, 1, 2, 4, 3]  # doubling, then bisection
+    miss = keep_sensitive_float(build, QuantSettings(), ranking[:3], lambda k: 80.0 + k, 95.0, 1.0)
+    assert not miss.met and miss.float_layers == ranking[:3]
+
+
+def test_sensitivity_finds_a_damaged_layer_and_keeps_it_float(tmp_path, quant_data):
+    model = trained("plain")
+    with torch.no_grad():
+        model[4].weight[0, 0, 0, 0] = 40 * model[4].weight.abs().max()  # one outlier ruins per-tensor int8
+    export_onnx(model, SIZE, tmp_path / "m.onnx")
+    pre = prepare_fp32(tmp_path / "m.onnx", tmp_path / "pre.onnx")
+    builder = Int8Builder(pre, quant_data.calib_x, tmp_path / "w")
+    layers = [l.name for l in OnnxGraph(pre).layers()]
+    from slimkit.compress.quantize.ort_eval import predict
+
+    x = quant_data.calib_x[:64]
+    ranking = layer_sensitivity(builder.build, QuantSettings(per_channel=False), layers, x, predict(pre, x))
+    assert ranking[0][0] == "/4/Conv" and ranking[0][1] > 10 * ranking[1][1]
+    cfg = PTQConfig(per_channel=False, max_drop=0.5, speed_guard=False)
+    report = quantize_ptq(model, SIZE, quant_data, cfg, tmp_path / "q", latency=fake_latency())
+    assert report["sensitivity"]["needed"] and report["sensitivity"]["drop_all_int8"] > 0.5
+    assert "/4/Conv" in report["float_nodes"] and report["accuracy"]["drop"] <= 0.5
