@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_, use_fused_attn
+from timm.layers import DropPath, trunc_normal_, use_fused_attn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 __all__ = ["CCT", "ConvTokenizer", "CCTBlock"]
@@ -160,11 +160,18 @@ class CCT(nn.Module):
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def _resample_pos(self, pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        # Bilinear, no antialiasing: exportable to ONNX (timm's resampler uses antialiased bicubic).
+        h, w = self.grid_size
+        pos = pos.reshape(1, h, w, -1).permute(0, 3, 1, 2)
+        pos = F.interpolate(pos, size=grid, mode="bilinear", align_corners=False)
+        return pos.flatten(2).transpose(1, 2)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, grid = self.tokenizer(x)
         pos = self.pos_embed
         if grid != self.grid_size:  # a different input size: resample the embedding on the token grid
-            pos = resample_abs_pos_embed(pos, new_size=list(grid), old_size=list(self.grid_size), num_prefix_tokens=0)
+            pos = self._resample_pos(pos, grid)
         x = self.pos_drop(x + pos)
         return self.norm(self.blocks(x))
 
