@@ -148,6 +148,14 @@ def test_timm_interface_reset_classifier_and_pre_logits():
         assert model(x).shape == (1, 3), name
 
 
+@pytest.mark.parametrize("name", ["emov2_1m", "tiny_moat_0", "mobilenetv2_ulsam"])
+def test_features_only_gives_five_strided_maps(name):
+    model = timm.create_model(name, features_only=True).eval()
+    feats = model(torch.randn(1, 3, 64, 64))
+    assert [f.shape[-1] for f in feats] == [32, 16, 8, 4, 2]
+    assert [f.shape[1] for f in feats] == model.feature_info.channels()
+
+
 # ---- ONNX export + ONNX Runtime -------------------------------------------------------------------
 ONNX_CASES = [
     ("emov2_1m", {"ls_init": 1.0}, 64), ("simplenet_cifar", {}, 32), ("cct_2_3x2_32", {}, 32),

@@ -188,7 +188,7 @@ class EMOv2(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         acts_map = {"silu": nn.SiLU, "gelu": nn.GELU}
         stages, dim, idx = [], stem_dim, 0
-        self.feature_info = []
+        self.feature_info = [dict(num_chs=stem_dim, reduction=2, module="stem.6")]
         for i, depth in enumerate(depths):
             blocks = []
             for j in range(depth):

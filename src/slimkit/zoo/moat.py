@@ -101,7 +101,7 @@ class RelPosAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         b, n, c = x.shape
-        q, k, v = (proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        q, k, v = (p(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
         bias = self._bias(*hw).to(q.dtype) if self.rel_table is not None else None
         if self.fused_attn:
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -172,7 +172,7 @@ class MOAT(nn.Module):
             nn.Conv2d(stem_chs[0], stem_chs[1], 3, 1, 1, bias=True),
         )
         total, idx, chs = sum(depths), 0, stem_chs[1]
-        stages, self.feature_info = [], [dict(num_chs=chs, reduction=2, module="stem")]
+        stages, self.feature_info = [], [dict(num_chs=chs, reduction=2, module="stem.3")]
         for i, (depth, dim, kind) in enumerate(zip(depths, dims, block_types)):
             blocks = []
             for j in range(depth):

@@ -21,7 +21,7 @@ Performer token layer (single head, m = 0.5 * d random features w, orthogonal, f
 Ours / open details:
 - The random features ``w`` and the sinusoidal table are persistent buffers (fixed, saved with
   the weights, not trained); the official code keeps them as frozen parameters. Parameter counts
-  here therefore exclude them (54.5K for T2T-ViT-7, 80.1K for T2T-ViT-14).
+  here therefore exclude them (54.5K for T2T-ViT-7, 79.7K for T2T-ViT-14).
 - Non-square inputs work: the token grid is tracked instead of taking a square root, and the
   sinusoidal table is regenerated for other sequence lengths.
 - The backbone block is timm's ViT ``Block`` (pre-norm, GELU MLP), which is the same layer.
