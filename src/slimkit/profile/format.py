@@ -34,11 +34,12 @@ def _summary_table(p: Profile):
         table.add_row(
             f"latency {runtime}",
             f"median {t['median']:.3f} ms, p90 {t['p90']:.3f} ms, IQR {t['iqr']:.3f} ms, n={t['repetitions']}"
-            f"  |  {tp.get('gmacs_per_s', 0):.1f} GMAC/s = {100 * tp.get('fraction_of_peak', 0):.1f}% of peak",
+            f"  |  {tp.get('gmacs_per_s', 0):.1f} GMAC/s"
+            + (f" = {100 * tp['fraction_of_peak']:.1f}% of peak" if tp.get("fraction_of_peak") else ""),
         )
     for runtime, err in p.latency_errors.items():
         table.add_row(f"latency {runtime}", f"[red]unavailable: {err}[/red]")
-    if p.throughput:
+    if p.throughput.get("matmul_ceiling_gmacs"):
         table.add_row("conditions", f"{p.throughput['threads']} threads; matmul ceiling "
                       f"{p.throughput['matmul_ceiling_gmacs']:.1f} GMAC/s (best fp32 square matmul, same run)")
     return table

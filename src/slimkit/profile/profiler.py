@@ -140,6 +140,7 @@ def profile(
     pretrained: bool = False,
     measure_memory: bool = True,
     repetitions: int = 50,
+    ceiling: bool = True,
 ) -> Profile:
     """Profile a model (left unchanged) at batch `batch` and `input_size` (default: the model's own)."""
     from slimkit.profile.counter import count_macs
@@ -168,7 +169,7 @@ def profile(
         layers=_layer_rows(model, count), environment=_environment(threads),
     )
     if latency:
-        _add_latency(result, model, example, threads, onnxruntime, repetitions)
+        _add_latency(result, model, example, threads, onnxruntime, repetitions, ceiling)
     model.train(was_training)
     return result
 
@@ -179,14 +180,16 @@ def measure_peak_activation_bytes(model: nn.Module, example: torch.Tensor) -> in
     return measure(model, example)
 
 
-def _add_latency(result: Profile, model: nn.Module, example, threads: int, onnxruntime: bool, reps: int) -> None:
+def _add_latency(result: Profile, model: nn.Module, example, threads: int, onnxruntime: bool, reps: int,
+                 with_ceiling: bool) -> None:
     from slimkit.profile.latency import matmul_ceiling_gmacs, measure_latency
 
-    timings, errors = measure_latency(model, example, threads=threads, onnxruntime=onnxruntime, repetitions=reps)
-    ceiling = matmul_ceiling_gmacs(threads)
+    timings, errors = measure_latency(model, example, threads=threads, onnxruntime=onnxruntime, repetitions=reps,
+                                      min_time_s=1.0 if with_ceiling else 0.3)
+    ceiling = matmul_ceiling_gmacs(threads) if with_ceiling else None
     result.latency_ms = {name: t.to_dict() for name, t in timings.items()}
     result.latency_errors = errors
     result.throughput = {"matmul_ceiling_gmacs": ceiling, "threads": threads}
     for name, t in timings.items():
         achieved = result.macs / (t.median / 1e3) / 1e9
-        result.throughput[name] = {"gmacs_per_s": achieved, "fraction_of_peak": achieved / ceiling}
+        result.throughput[name] = {"gmacs_per_s": achieved, "fraction_of_peak": achieved / ceiling if ceiling else None}
