@@ -192,6 +192,20 @@ def test_slimkit_profile_resolves_zoo_models(name):
     assert prof.macs == count_macs(model, torch.randn(1, *size)).total > 0
 
 
+@pytest.mark.parametrize("name", ["emov2_1m", "simplenet_cifar", "cct_2_3x2_32", "t2t_vit_7",
+                                  "mobilenetv2_ulsam", "tiny_moat_0"])
+def test_model_directory_round_trip(name, tmp_path):
+    from slimkit.models import load_model, load_model_dir, save_model_dir
+
+    model, info = load_model(f"timm:{name}")
+    save_model_dir(model, info, tmp_path / "m")
+    again, info2 = load_model_dir(tmp_path / "m")
+    assert info2.input_size == tuple(model.pretrained_cfg["input_size"])
+    x = torch.randn(1, 3, 32, 32) if info.input_size[1] == 32 else torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x), model(x), rtol=0, atol=0)
+
+
 # ---- behaviour of the building blocks -------------------------------------------------------------
 def test_emov2_window_partitions():
     x = torch.arange(2 * 3 * 14 * 14, dtype=torch.float32).view(2, 3, 14, 14)
