@@ -78,12 +78,20 @@ class CachedTeacher(torch.nn.Module):
         return torch.stack(rows)
 
 
-def agreement(student, teacher, val) -> float:
-    x, _ = val.tensors()
+def compare_with_teacher(student, teacher, val, temperature: float) -> dict:
+    """How close the student is to the teacher on val: top-1 agreement, softened KL, and fixable errors."""
+    import torch.nn.functional as F
+
+    x, y = val.tensors()
     with torch.no_grad():
-        a = torch.cat([student.eval()(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
-        b = torch.cat([teacher.eval()(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
-    return float((a == b).float().mean())
+        s = torch.cat([student.eval()(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+        t = torch.cat([teacher.eval()(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+    wrong = s.argmax(1) != y
+    kl = F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1), reduction="batchmean",
+                  log_target=True)
+    return {"agreement": float((s.argmax(1) == t.argmax(1)).float().mean()),
+            "kl_t": float(kl) * temperature**2,  # the KD term, measured on val
+            "teacher_right_when_student_wrong": float((t.argmax(1)[wrong] == y[wrong]).float().mean())}
 
 
 def run_student(args, data, teacher, cached, seed: int, alpha: float | None, out: Path) -> dict:
@@ -94,9 +102,11 @@ def run_student(args, data, teacher, cached, seed: int, alpha: float | None, out
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.2, seed=seed)
     loss = None if alpha is None else LogitKD(cached, temperature=args.temperature, alpha=alpha)
     name = "alone" if alpha is None else f"kd_a{alpha:g}"
-    result = fit(model, data, cfg, loss_fn=loss, out_dir=out / f"{name}_s{seed}", resume=True, info=info)
+    run_dir = out / f"{name}_e{args.epochs}_s{seed}"
+    result = fit(model, data, cfg, loss_fn=loss, out_dir=run_dir, resume=True, info=info)
     return {"mode": name, "seed": seed, "alpha": alpha, "accuracy": result.metrics["accuracy"],
-            "train_accuracy": result.metrics["train_accuracy"], "agreement": agreement(model, teacher, data.val),
+            "train_accuracy": result.metrics["train_accuracy"], **compare_with_teacher(model, teacher, data.val,
+                                                                                      args.temperature),
             "epoch_seconds": [h["seconds"] for h in result.history]}
 
 
@@ -105,24 +115,29 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
     for mode in dict.fromkeys(r["mode"] for r in rows):
         acc = [r["accuracy"] for r in rows if r["mode"] == mode]
         agree = [r["agreement"] for r in rows if r["mode"] == mode]
+        kl = [r["kl_t"] for r in rows if r["mode"] == mode]
+        fixable = [r["teacher_right_when_student_wrong"] for r in rows if r["mode"] == mode]
         train = [r["train_accuracy"] for r in rows if r["mode"] == mode]
         secs = [s for r in rows if r["mode"] == mode for s in r["epoch_seconds"]]
         out[mode] = {"mean": statistics.mean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                      "min": min(acc), "max": max(acc), "agreement": statistics.mean(agree),
+                     "kl_t": statistics.mean(kl), "teacher_right_when_student_wrong": statistics.mean(fixable),
                      "train_accuracy": statistics.mean(train), "median_epoch_s": statistics.median(secs), "n": len(acc)}
     return out
 
 
 def table(teacher_acc: float, summary: dict[str, dict]) -> str:
     base = summary["alone"]["mean"]
-    lines = ["| student | val top-1 (mean ± sd over seeds) | min..max | Δ vs alone | agreement with teacher | "
-             "train acc (last epoch) | median s/epoch |", "|---|---|---|---|---|---|---|"]
+    lines = ["| student | val top-1 (mean ± sd over seeds) | min..max | Δ vs alone | top-1 agreement with teacher | "
+             "T²·KL(teacher‖student) on val | its errors the teacher gets right | train acc (last epoch) | "
+             "median s/epoch |", "|---|---|---|---|---|---|---|---|---|"]
     for mode, s in summary.items():
         delta = "" if mode == "alone" else f"{100 * (s['mean'] - base):+.2f} pt"
         lines.append(f"| {mode} | {100 * s['mean']:.2f}% ± {100 * s['std']:.2f} | {100 * s['min']:.2f}..{100 * s['max']:.2f}"
-                     f" | {delta} | {100 * s['agreement']:.2f}% | {100 * s['train_accuracy']:.2f}% | "
+                     f" | {delta} | {100 * s['agreement']:.2f}% | {s['kl_t']:.3f} | "
+                     f"{100 * s['teacher_right_when_student_wrong']:.1f}% | {100 * s['train_accuracy']:.2f}% | "
                      f"{s['median_epoch_s']:.1f} |")
-    lines.append(f"| teacher (resnet18) | {100 * teacher_acc:.2f}% | | | 100% | | |")
+    lines.append(f"| teacher (resnet18) | {100 * teacher_acc:.2f}% | | | 100% | 0 | | | |")
     return "\n".join(lines)
 
 
