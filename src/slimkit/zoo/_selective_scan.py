@@ -10,11 +10,12 @@ The official MobileMamba / EfficientVMamba code runs this in CUDA-only kernels. 
 in plain PyTorch, in a *chunked* form that needs no data-dependent control flow, so it traces
 and exports to ONNX (the two short loops are unrolled at export time):
 
-1. the sequence is cut into ``n_chunks`` chunks of ``chunk`` steps (zero padded at the end;
-   a zero step has decay 1 and input 0, so it changes nothing);
-2. every chunk is scanned from a zero state, all chunks at once (``chunk`` steps);
+1. the sequence is cut into ``n_chunks`` chunks of ``chunk`` steps (padded at the end with
+   steps of decay 1 and input 0, which change nothing);
+2. every chunk is scanned from a zero state, all chunks at once (``chunk`` steps), keeping the
+   running product of the decays since the chunk start (factors in (0, 1]: stable);
 3. the state entering each chunk is carried across chunks (``n_chunks`` steps) and added back,
-   decayed by the cumulative in-chunk decay ``exp(cumsum(dt * A))`` (exponent <= 0: stable).
+   multiplied by that running decay.
 
 With ``chunk ~ sqrt(L)`` both loops take about ``sqrt(L)`` steps instead of ``L``.
 :func:`selective_scan_reference` is the naive one-step-at-a-time loop the tests compare against.
@@ -43,20 +44,15 @@ def _prepare(
     delta_bias: torch.Tensor | None,
     delta_softplus: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Apply bias/softplus to delta and broadcast grouped B, C to every channel: (b, d, L, n)."""
+    """Apply bias/softplus to delta; B, C as (b, g, 1, L, n) to broadcast over each group's channels."""
     if delta_bias is not None:
         delta = delta + delta_bias.view(1, -1, 1)
     if delta_softplus:
         delta = F.softplus(delta)
-    b, d, length = u.shape
-    groups, n = B.shape[1], B.shape[2]
+    d, groups = u.shape[1], B.shape[1]
     if d % groups:
         raise ValueError(f"{d} channels do not split into {groups} groups")
-    # (b, g, n, L) -> (b, g, d/g, L, n) -> (b, d, L, n); view/expand keeps it ONNX friendly
-    shape = (b, groups, d // groups, length, n)
-    b_full = B.transpose(-1, -2).unsqueeze(2).expand(shape).reshape(b, d, length, n)
-    c_full = C.transpose(-1, -2).unsqueeze(2).expand(shape).reshape(b, d, length, n)
-    return delta, b_full, c_full
+    return delta, B.transpose(-1, -2).unsqueeze(2), C.transpose(-1, -2).unsqueeze(2)
 
 
 def selective_scan(
@@ -76,41 +72,49 @@ def selective_scan(
     d/g consecutive channels each; D, delta_bias (d,).  ``chunk`` defaults to ceil(sqrt(L)).
     """
     b, d, length = u.shape
-    n = A.shape[1]
-    delta, b_full, c_full = _prepare(u, delta, B, C, delta_bias, delta_softplus)
+    n, groups = A.shape[1], B.shape[1]
+    delta, _, _ = _prepare(u, delta, B, C, delta_bias, delta_softplus)
     step = chunk or max(1, math.ceil(math.sqrt(length)))
     n_chunks = math.ceil(length / step)
     pad = n_chunks * step - length
-    log_decay = delta.unsqueeze(-1) * A.view(1, d, 1, n)  # (b, d, L, n), <= 0 for A < 0
-    drive = (delta * u).unsqueeze(-1) * b_full  # (b, d, L, n)
-    if pad:
-        log_decay = F.pad(log_decay, (0, 0, 0, pad))
-        drive = F.pad(drive, (0, 0, 0, pad))
-    log_decay = log_decay.view(b, d, n_chunks, step, n)
-    drive = drive.view(b, d, n_chunks, step, n)
+    if pad:  # padded steps have delta 0: decay exp(0) = 1 and input 0, so they change nothing
+        delta, u, B, C = (F.pad(t, (0, pad)) for t in (delta, u, B, C))
+    # time-in-chunk first, so every loop step below reads and writes contiguous memory
+    dg = d // groups
 
-    # 2. every chunk from a zero state, all chunks in parallel
-    decay = torch.exp(log_decay)
-    h = torch.zeros_like(drive[:, :, :, 0])
-    local = []
+    def steps_first(t: torch.Tensor) -> torch.Tensor:  # (b, g, k, L) -> (step, b, g, k, chunks)
+        return t.reshape(b, groups, -1, n_chunks, step).permute(4, 0, 1, 2, 3)
+
+    dt = steps_first(delta.reshape(b, groups, dg, -1)).unsqueeze(-1)  # (step, b, g, dg, chunks, 1)
+    x = steps_first((delta * u).reshape(b, groups, dg, -1)).unsqueeze(-1)
+    b_t = steps_first(B).transpose(3, 4).unsqueeze(3)  # (step, b, g, 1, chunks, n)
+    c_t = steps_first(C).transpose(3, 4).unsqueeze(3)
+    decay = torch.exp(dt * A.view(1, 1, groups, dg, 1, n))  # (step, b, g, dg, chunks, n), in (0, 1]
+    drive = x * b_t
+
+    # 2. every chunk from a zero state, all chunks in parallel; `prod` is the decay since chunk start
+    h = torch.zeros_like(drive[0])
+    prod = torch.ones_like(h)
+    local, decays = [], []
     for t in range(step):
-        h = decay[:, :, :, t] * h + drive[:, :, :, t]
+        h = decay[t] * h + drive[t]
+        prod = prod * decay[t]
         local.append(h)
-    states = torch.stack(local, dim=3)  # (b, d, chunks, step, n)
+        decays.append(prod)
+    states, from_start = torch.stack(local), torch.stack(decays)  # (step, b, g, dg, chunks, n)
 
     # 3. carry the state across chunks, then add it back decayed from the chunk start
-    from_start = torch.exp(torch.cumsum(log_decay, dim=3))
-    carry = torch.zeros_like(states[:, :, 0, 0])
+    carry = torch.zeros_like(h[..., 0, :])
     entering = []
     for c in range(n_chunks):
         entering.append(carry)
-        carry = from_start[:, :, c, -1] * carry + states[:, :, c, -1]
-    states = states + from_start * torch.stack(entering, dim=2).unsqueeze(3)
+        carry = from_start[-1, ..., c, :] * carry + states[-1, ..., c, :]
+    states = states + from_start * torch.stack(entering, dim=-2)
 
-    states = states.reshape(b, d, n_chunks * step, n)[:, :, :length]
-    y = (states * c_full).sum(-1)
+    y = (states * c_t).sum(-1)  # (step, b, g, dg, chunks)
+    y = y.permute(1, 2, 3, 4, 0).reshape(b, d, n_chunks * step)[:, :, :length]
     if D is not None:
-        y = y + D.view(1, -1, 1) * u
+        y = y + D.view(1, -1, 1) * u[:, :, :length]
     return y
 
 
@@ -125,8 +129,11 @@ def selective_scan_reference(
     delta_softplus: bool = True,
 ) -> torch.Tensor:
     """The naive sequential recurrence, one step at a time (for tests only: slow)."""
-    delta, b_full, c_full = _prepare(u, delta, B, C, delta_bias, delta_softplus)
     b, d, length = u.shape
+    delta, b_grp, c_grp = _prepare(u, delta, B, C, delta_bias, delta_softplus)
+    per_group = d // B.shape[1]
+    b_full = b_grp.squeeze(2).repeat_interleave(per_group, dim=1)  # (b, d, L, n)
+    c_full = c_grp.squeeze(2).repeat_interleave(per_group, dim=1)
     h = u.new_zeros(b, d, A.shape[1])
     out = []
     for t in range(length):

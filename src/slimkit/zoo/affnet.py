@@ -15,10 +15,11 @@ leaves them out; the complex MLP is counted exactly as the 8 real block-diagonal
 The paper's profiler instead adds ``5 * L * floor(ln L) * C`` per token mixer for the FFT pair and
 ``C * C / 2 * L`` for the complex MLP; docs/zoo_b.md reports both ways side by side.
 
-ONNX: ``torch.fft`` does not export with the TorchScript exporter, so every token mixer has an
-``export_friendly`` switch (:func:`set_export_friendly`) that computes the same transforms as
-matrix products with fixed DFT bases (exact up to float rounding; more MACs, so do not count
-MACs in that mode).
+ONNX: ``torch.fft`` does not export with the TorchScript exporter, so while exporting (and when
+``export_friendly`` is set, see :func:`set_export_friendly`) the token mixer computes the same
+transforms as matrix products with fixed DFT bases (exact up to float rounding).  The exported
+graph therefore does O(L * (H + W)) DFT work per channel instead of an FFT's O(L log L); MAC
+counts are taken in eager mode, where the FFT path runs.
 
 Ours where the paper is silent: the released YAML configs are not in the repository, so the norm
 inside AFF blocks is a per-position channel LayerNorm (the repository's argparse default) and the
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-__all__ = ["AFFNet", "AFFTokenMixer", "set_export_friendly"]
+__all__ = ["PAPER_TABLE", "AFFNet", "AFFTokenMixer", "set_export_friendly"]
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -113,8 +114,11 @@ class AFFTokenMixer(nn.Module):
         out_im = filt_re * spec_im + filt_im * spec_re
         return x + self._irfft2(out_re, out_im, h, w).to(x.dtype)
 
+    def _use_dft(self) -> bool:
+        return self.export_friendly or torch.onnx.is_in_onnx_export()
+
     def _rfft2(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.export_friendly:
+        if not self._use_dft():
             spec = torch.fft.rfft2(x, norm="ortho")
             return spec.real, spec.imag
         h, w = x.shape[-2:]
@@ -125,7 +129,7 @@ class AFFTokenMixer(nn.Module):
         return ch @ a_re + sh @ a_im, ch @ a_im - sh @ a_re  # along H: multiply by exp(-i...)
 
     def _irfft2(self, re: torch.Tensor, im: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        if not self.export_friendly:
+        if not self._use_dft():
             return torch.fft.irfft2(torch.complex(re, im), s=(h, w), norm="ortho")
         ch, sh = _dft_bases(h, re.device, re.dtype)
         cw, sw = _dft_bases(w, re.device, re.dtype)
@@ -240,6 +244,14 @@ _VARIANTS = {  # repository modes xx_small / x_small / small
     "affnet_et": dict(widths=(32, 48, 64, 104, 144), mv2_expand=2.0),
     "affnet_t": dict(widths=(32, 48, 96, 160, 192), mv2_expand=4.0),
     "affnet": dict(widths=(32, 64, 128, 256, 320), mv2_expand=4.0),
+}
+#: The paper's ImageNet table (Huang et al., ICCV 2023; same in the repository README), 256x256.
+#: FLOPs there: cvnets' profiler = conv/linear MACs + C*C/2*L (complex MLP) + 5*L*floor(ln L)*C
+#: (FFT pair) per token mixer; norms count 0.
+PAPER_TABLE = {
+    "affnet_et": {"params": "1.4M", "macs": "0.4G"},
+    "affnet_t": {"params": "2.6M", "macs": "0.8G"},
+    "affnet": {"params": "5.5M", "macs": "1.5G"},
 }
 default_cfgs = generate_default_cfgs({name: _cfg() for name in _VARIANTS})
 

@@ -22,13 +22,20 @@ class token are used raw (no sigmoid), as in the repository.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-__all__ = ["DHVT", "HIAttention", "DAFF", "SOPE"]
+__all__ = ["PAPER_TABLE", "DHVT", "HIAttention", "DAFF", "SOPE"]
+
+
+def _linspace(stop: float, n: int) -> list[float]:
+    """Stochastic-depth rates 0..stop (plain Python, so models also build on the meta device)."""
+    return [stop * i / max(n - 1, 1) for i in range(n)]
 
 
 class Affine(nn.Module):
@@ -85,7 +92,7 @@ class HIAttention(nn.Module):
         b, n, c = x.shape
         h, d = self.num_heads, self.head_dim
         x = torch.cat([x, self.head_tokens(x)], dim=1)
-        q, k, v = self.qkv(x).view(b, n + h, 3, h, d).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).view(b, n + h, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n + h, c)
         x = self.proj(x)
         cls, patches, heads = x.split([1, n - 1, h], dim=1)
@@ -104,7 +111,7 @@ class DAFF(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        side = int(round((n - 1) ** 0.5))
+        side = math.isqrt(int(n) - 1)  # square patch grid
         cls, tokens = x.split([1, n - 1], dim=1)
         y = F.gelu(self.bn1(self.conv1(tokens.transpose(1, 2).reshape(b, c, side, side))))
         y = y + F.gelu(self.bn2(self.conv2(y)))
@@ -146,7 +153,7 @@ class DHVT(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.patch_embed = SOPE(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = _linspace(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[DHVTBlock(embed_dim, num_heads, mlp_ratio, r) for r in dpr])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -189,7 +196,9 @@ class DHVT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-_CIFAR = dict(url="", num_classes=100, input_size=(3, 32, 32), mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+_CIFAR = dict(
+    url="", num_classes=100, input_size=(3, 32, 32), mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)
+)
 _IMNET = dict(url="", num_classes=1000, input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 _VARIANTS = {  # name: (pretrained cfg, architecture)
     "dhvt_tiny_cifar_patch4": (_CIFAR, dict(patch_size=4, embed_dim=192, num_heads=4)),
@@ -198,6 +207,14 @@ _VARIANTS = {  # name: (pretrained cfg, architecture)
     "dhvt_small_cifar_patch2": (_CIFAR, dict(patch_size=2, embed_dim=384, num_heads=8)),
     "dhvt_tiny_imagenet_patch16": (_IMNET, dict(patch_size=16, embed_dim=192, num_heads=3)),
     "dhvt_small_imagenet_patch16": (_IMNET, dict(patch_size=16, embed_dim=384, num_heads=6)),
+}
+#: Published numbers: the ImageNet rows of the authors' README (after their FLOPs fix, counted with
+#: the DeepSpeed profiler) and the CIFAR-100 DHVT-S (patch 2) parameter count from the abstract.
+#: The paper's CIFAR table was not reachable from this machine; those rows are left out.
+PAPER_TABLE = {
+    "dhvt_small_cifar_patch2": {"params": "22.8M"},
+    "dhvt_tiny_imagenet_patch16": {"params": "6.2M", "macs": "1.4G"},
+    "dhvt_small_imagenet_patch16": {"params": "23.8M", "macs": "5.1G"},
 }
 default_cfgs = generate_default_cfgs(
     {name: dict(cfg, first_conv="patch_embed.proj.0", classifier="head") for name, (cfg, _) in _VARIANTS.items()}

@@ -32,7 +32,12 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from slimkit.zoo._selective_scan import selective_scan
 
-__all__ = ["EfficientVMamba", "ES2D", "EVSSBlock"]
+__all__ = ["PAPER_TABLE", "EfficientVMamba", "ES2D", "EVSSBlock"]
+
+
+def _linspace(stop: float, n: int) -> list[float]:
+    """Stochastic-depth rates 0..stop (plain Python, so models also build on the meta device)."""
+    return [stop * i / max(n - 1, 1) for i in range(n)]
 
 
 def atrous_split(x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +209,7 @@ class EfficientVMamba(nn.Module):
         self.num_classes, self.drop_rate = num_classes, drop_rate
         self.patch_embed = nn.Conv2d(in_chans, dims[0], 4, 4)
         self.embed_norm = nn.LayerNorm(dims[0])
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = _linspace(drop_path_rate, sum(depths))
         stages = []
         for i, (dim, n) in enumerate(zip(dims, depths)):
             rates = dpr[sum(depths[:i]) : sum(depths[: i + 1])]
@@ -269,6 +274,15 @@ _VARIANTS = {
     "efficientvmamba_t": dict(dims=(48, 96, 192, 384), depths=(2, 2, 4, 2)),
     "efficientvmamba_s": dict(dims=(64, 128, 256, 512), depths=(2, 2, 4, 2)),
     "efficientvmamba_b": dict(dims=(96, 192, 384, 768), depths=(2, 2, 9, 2)),
+}
+#: The paper's ImageNet table (Pei et al., AAAI 2025; same in the repository README), plus the
+#: exact parameter counts printed in the repository's training logs (log_efficient_vmamba_*.txt)
+#: and the one FLOPs figure logged there (S: 1.343G).  The paper's FLOPs are fvcore counts
+#: (LayerNorm 5 and eval BatchNorm 2 per element) plus 9*L*D*N + L*D per selective scan.
+PAPER_TABLE = {
+    "efficientvmamba_t": {"params": "6M", "macs": "0.8G", "params_repo": "6.494M"},
+    "efficientvmamba_s": {"params": "11M", "macs": "1.3G", "params_repo": "11.274M", "macs_repo": "1.343G"},
+    "efficientvmamba_b": {"params": "33M", "macs": "4.0G", "params_repo": "33.717M"},
 }
 default_cfgs = generate_default_cfgs({name: _cfg() for name in _VARIANTS})
 

@@ -32,7 +32,12 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from slimkit.zoo._selective_scan import selective_scan
 
-__all__ = ["MobileMamba", "WTEMamba", "BiSS2D"]
+__all__ = ["PAPER_TABLE", "MobileMamba", "WTEMamba", "BiSS2D"]
+
+
+def _linspace(stop: float, n: int) -> list[float]:
+    """Stochastic-depth rates 0..stop (plain Python, so models also build on the meta device)."""
+    return [stop * i / max(n - 1, 1) for i in range(n)]
 
 
 class ConvBN(nn.Sequential):
@@ -202,7 +207,7 @@ class MobileMamba(nn.Module):
             ConvBN(in_chans, e0 // 8, 3, 2), nn.ReLU(), ConvBN(e0 // 8, e0 // 4, 3, 2), nn.ReLU(),
             ConvBN(e0 // 4, e0 // 2, 3, 2), nn.ReLU(), ConvBN(e0 // 2, e0, 3, 2),
         )  # fmt: skip
-        dpr = torch.linspace(0, drop_path_rate, sum(depth)).tolist()
+        dpr = _linspace(drop_path_rate, sum(depth))
         stages = []
         for i, (dim, n) in enumerate(zip(embed_dim, depth)):
             blocks = []
@@ -266,6 +271,16 @@ _VARIANTS = {  # name: (input size, architecture)
     "mobilemamba_b1": (256, _B),
     "mobilemamba_b2": (384, _B),
     "mobilemamba_b4": (512, _B),
+}
+#: The paper's ImageNet table (He et al., CVPR 2025; same numbers in the repository README).
+#: FLOPs there: fvcore on the BN-fused model plus 9*L*D*N + L*D per selective scan.
+PAPER_TABLE = {
+    "mobilemamba_t2": {"params": "8.8M", "macs": "255M"},
+    "mobilemamba_t4": {"params": "14.2M", "macs": "413M"},
+    "mobilemamba_s6": {"params": "15.0M", "macs": "652M"},
+    "mobilemamba_b1": {"params": "17.1M", "macs": "1080M"},
+    "mobilemamba_b2": {"params": "17.1M", "macs": "2427M"},
+    "mobilemamba_b4": {"params": "17.1M", "macs": "4313M"},
 }
 default_cfgs = generate_default_cfgs({name: _cfg(size) for name, (size, _) in _VARIANTS.items()})
 

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-__all__ = ["SkipNet", "SkipBlock"]
+__all__ = ["PAPER_TABLE", "SkipNet", "SkipBlock"]
 
 # kernel, expansion, out channels, squeeze-excite, hard-swish, stride; stages end at the '|'
 _BLOCKS = (
@@ -167,6 +167,10 @@ def _cfg(**kwargs) -> dict:
     }
 
 
+#: SkipNet-M in the paper's FLOPs/params figure (ICCV 2021, Fig. "FLOPs vs top-1", also in the
+#: repository README); read off the plot, so good to about +-2M FLOPs and +-0.1M params.  Its FLOPs
+#: include BatchNorm (2 per element, as fvcore counts it).
+PAPER_TABLE = {"skipnet_m": {"params": "5.5M", "macs": "246M"}}
 _WIDTHS = {"skipnet_m": 1.0}
 default_cfgs = generate_default_cfgs({name: _cfg() for name in _WIDTHS})
 
