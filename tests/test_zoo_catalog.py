@@ -21,7 +21,7 @@ def test_catalogue_filters_timm_families():
 
 def test_zoo_cli_json_and_plot(tmp_path):
     out, png = tmp_path / "zoo.json", tmp_path / "zoo.png"
-    cmd = [sys.executable, "-m", "slimkit.cli.main", "zoo", "--filter", "mobilenetv2_*", "--input-size", "3x32x32",
+    cmd = [sys.executable, "-m", "slimkit.cli.main", "zoo", "--filter", "mobilenetv2_[0-9]*", "--input-size", "3x32x32",
            "--json", str(out), "--plot", str(png)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
