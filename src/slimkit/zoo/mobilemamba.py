@@ -49,6 +49,8 @@ class ConvBN(nn.Sequential):
 
 
 class Residual(nn.Module):
+    """x + m(x)."""
+
     def __init__(self, m: nn.Module) -> None:
         super().__init__()
         self.m = m
@@ -175,6 +177,8 @@ class MobileMambaBlock(nn.Module):
 
 
 class PatchMerging(nn.Sequential):
+    """Stride-2 downsampling: 1x1 expand x4, dw 3x3/2, SE, 1x1 project."""
+
     def __init__(self, dim: int, out_dim: int) -> None:
         hid = 4 * dim
         super().__init__(
