@@ -12,7 +12,7 @@ Variants: only ``skipnet_m``, the configuration the authors released (5.5M param
 in the paper's figure; FLOPs there include BatchNorm, as fvcore counts them).  The paper's XS/S/L
 points (about 2.3M/80M, 3.6M/150M, 7.1M/364M, read off the figure in the paper and README; the
 table was not reachable from this machine) are not reproduced: the repository builds no other
-width, and uniform width multipliers (0.5/0.75/1.25) miss those points by 10-20%, so we do not
+width, and uniform width multipliers (0.5/0.75/1.25) miss those points by 7-18% in params or FLOPs, so we do not
 register guessed variants under the paper's names.  ``SkipNet(width=...)`` still builds them.
 
 Ours where the paper is silent:
