@@ -22,8 +22,8 @@ import torch.nn as nn
 from slimkit.errors import BadInputError, UnsafeFileError
 from slimkit.utils.io import atomic_write_bytes, to_jsonable
 
-__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "data_fingerprint", "restore_checkpoint", "load_state_file",
-           "capture_rng", "restore_rng"]
+__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "data_fingerprint",
+           "restore_checkpoint", "load_state_file", "capture_rng", "restore_rng"]
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = "slimkit-train-state"

@@ -125,7 +125,8 @@ def train_one_epoch(
     return stats
 
 
-def _accumulate(stats: EpochStats, state: TrainState, logits: torch.Tensor, targets: torch.Tensor, value: float) -> None:
+def _accumulate(stats: EpochStats, state: TrainState, logits: torch.Tensor, targets: torch.Tensor,
+                value: float) -> None:
     n = len(targets)
     stats.loss_sum += value * n
     stats.correct += int((logits.detach().argmax(1) == targets).sum())

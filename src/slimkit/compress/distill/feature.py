@@ -99,7 +99,8 @@ class FeatureKD(Distiller):
                 store[name] = out
             return keep
 
-        handles = [student.get_submodule(s).register_forward_hook(keeper(self._student_feats, s)) for s, _ in self.pairs]
+        handles = [student.get_submodule(s).register_forward_hook(keeper(self._student_feats, s))
+                   for s, _ in self.pairs]
         handles += [teacher.model.get_submodule(t).register_forward_hook(keeper(self._teacher_feats, t))
                     for _, t in self.pairs]
         return handles

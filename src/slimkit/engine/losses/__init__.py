@@ -1,0 +1,1 @@
+"""Loss functions the training engine can use (one loss per module)."""
