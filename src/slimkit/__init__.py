@@ -21,6 +21,10 @@ _LAZY = {
     "ModelInfo": "slimkit.models",
     "load_data": "slimkit.data",
     "SlimkitError": "slimkit.errors",
+    "fit": "slimkit.engine",
+    "evaluate": "slimkit.engine",
+    "TrainConfig": "slimkit.engine",
+    "compress": "slimkit.compress.pipeline",
 }
 
 __all__ = ["__version__", *_LAZY]
