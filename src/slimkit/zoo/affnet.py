@@ -35,7 +35,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
+
+from slimkit.zoo._common import ClassifierMixin, build_variant, linear_head, zoo_cfg
 
 __all__ = ["PAPER_TABLE", "AFFNet", "AFFTokenMixer", "set_export_friendly"]
 
@@ -177,7 +179,7 @@ class AFFBlock(nn.Module):
         return self.fusion(torch.cat([x, self.proj(self.layers(x))], dim=1))
 
 
-class AFFNet(nn.Module):
+class AFFNet(ClassifierMixin, nn.Module):
     """AFFNet (timm interface)."""
 
     def __init__(
@@ -204,14 +206,7 @@ class AFFNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = min(4 * widths[-1], 960)
         self.conv_head = conv_bn(widths[-1], self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(self.num_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_head(self.stages(self.stem(x)))
@@ -222,22 +217,10 @@ class AFFNet(nn.Module):
             return x
         return self.head(F.dropout(x, self.drop_rate, self.training))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 256, 256),
-        "pool_size": (8, 8),
-        "mean": (0.0, 0.0, 0.0),
-        "std": (1.0, 1.0, 1.0),
-        "first_conv": "stem.0",
-        "classifier": "head",
-        **kwargs,
-    }
+def _cfg() -> dict:
+    return zoo_cfg("stem.0", url="", input_size=(3, 256, 256), pool_size=(8, 8), mean=(0.0, 0.0, 0.0),
+                   std=(1.0, 1.0, 1.0))
 
 
 _VARIANTS = {  # repository modes xx_small / x_small / small
@@ -257,9 +240,7 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in _VARIANTS})
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> AFFNet:
-    arch = dict(_VARIANTS[variant])
-    arch.update(kwargs)
-    return build_model_with_cfg(AFFNet, variant, pretrained, **arch)
+    return build_variant(AFFNet, variant, pretrained, _VARIANTS[variant], kwargs)
 
 
 @register_model

@@ -34,9 +34,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
+
+from slimkit.zoo._common import (
+    CIFAR10_MEAN, CIFAR10_STD, ClassifierMixin, build_variant, init_linear_trunc_normal, linear_head, zoo_cfg,
+)
 
 __all__ = ["CCT", "ConvTokenizer", "CCTBlock"]
 
@@ -102,7 +105,7 @@ class CCTBlock(nn.Module):
         return x + self.drop_path(self.mlp(x))
 
 
-class CCT(nn.Module):
+class CCT(ClassifierMixin, nn.Module):
     """CCT classifier (timm interface: forward_features / forward_head / reset_classifier)."""
 
     def __init__(
@@ -137,28 +140,12 @@ class CCT(nn.Module):
         ])
         self.norm = nn.LayerNorm(embed_dim)
         self.attention_pool = nn.Linear(embed_dim, 1)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self.head = linear_head(embed_dim, num_classes)
+        self.apply(init_linear_trunc_normal)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _resample_pos(self, pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         # Bilinear, no antialiasing: exportable to ONNX (timm's resampler uses antialiased bicubic).
@@ -183,11 +170,6 @@ class CCT(nn.Module):
             x = x.mean(dim=1)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 # name -> (layers, heads, mlp ratio, width, kernel, tokenizer convs, resolution)
 _VARIANTS: dict[str, tuple[int, int, float, int, int, int, int]] = {
@@ -203,12 +185,9 @@ _VARIANTS: dict[str, tuple[int, int, float, int, int, int, int]] = {
 
 def _cfg(res: int) -> dict[str, Any]:
     cifar = res == 32
-    return {
-        "num_classes": 10 if cifar else 1000, "input_size": (3, res, res), "crop_pct": 1.0 if cifar else 0.9,
-        "interpolation": "bicubic", "mean": _CIFAR_MEAN if cifar else IMAGENET_DEFAULT_MEAN,
-        "std": _CIFAR_STD if cifar else IMAGENET_DEFAULT_STD, "fixed_input_size": False,
-        "first_conv": "tokenizer.convs.0", "classifier": "head", "paper_ids": "arXiv:2104.05704",
-    }
+    data = dict(num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD) if cifar else {}
+    return zoo_cfg("tokenizer.convs.0", input_size=(3, res, res), crop_pct=1.0 if cifar else 0.9,
+                   interpolation="bicubic", fixed_input_size=False, paper_ids="arXiv:2104.05704", **data)
 
 
 default_cfgs = generate_default_cfgs({name: _cfg(v[-1]) for name, v in _VARIANTS.items()})
@@ -218,7 +197,7 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> CCT:
     depth, heads, mlp, dim, kernel, convs, res = _VARIANTS[variant]
     args = dict(img_size=res, embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=mlp, kernel_size=kernel,
                 num_convs=convs)
-    return build_model_with_cfg(CCT, variant, pretrained, **{**args, **kwargs})
+    return build_variant(CCT, variant, pretrained, args, kwargs)
 
 
 @register_model

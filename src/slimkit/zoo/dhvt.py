@@ -23,12 +23,15 @@ class token are used raw (no sigmoid), as in the repository.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
+
+from slimkit.zoo._common import ClassifierMixin, build_variant, init_linear_trunc_normal, linear_head, zoo_cfg
 
 __all__ = ["PAPER_TABLE", "DHVT", "HIAttention", "DAFF", "SOPE"]
 
@@ -132,8 +135,10 @@ class DHVTBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class DHVT(nn.Module):
+class DHVT(ClassifierMixin, nn.Module):
     """DHVT (timm interface); forward_features returns the normalised token sequence."""
+
+    head_in_attr = "embed_dim"
 
     def __init__(
         self,
@@ -156,30 +161,13 @@ class DHVT(nn.Module):
         dpr = _linspace(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[DHVTBlock(embed_dim, num_heads, mlp_ratio, r) for r in dpr])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(embed_dim, num_classes)
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(partial(init_linear_trunc_normal, norms=(nn.LayerNorm, nn.BatchNorm2d)))
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
@@ -192,15 +180,10 @@ class DHVT(nn.Module):
             return x
         return self.head(F.dropout(x, self.drop_rate, self.training))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-_CIFAR = dict(
-    url="", num_classes=100, input_size=(3, 32, 32), mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)
-)
-_IMNET = dict(url="", num_classes=1000, input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-_VARIANTS = {  # name: (pretrained cfg, architecture)
+_CIFAR = dict(num_classes=100, input_size=(3, 32, 32), mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+_IMNET: dict = {}  # zoo_cfg's ImageNet defaults
+_VARIANTS = {  # name: (pretrained cfg overrides, architecture)
     "dhvt_tiny_cifar_patch4": (_CIFAR, dict(patch_size=4, embed_dim=192, num_heads=4)),
     "dhvt_small_cifar_patch4": (_CIFAR, dict(patch_size=4, embed_dim=384, num_heads=8)),
     "dhvt_tiny_cifar_patch2": (_CIFAR, dict(patch_size=2, embed_dim=192, num_heads=4)),
@@ -217,14 +200,12 @@ PAPER_TABLE = {
     "dhvt_small_imagenet_patch16": {"params": "23.8M", "macs": "5.1G"},
 }
 default_cfgs = generate_default_cfgs(
-    {name: dict(cfg, first_conv="patch_embed.proj.0", classifier="head") for name, (cfg, _) in _VARIANTS.items()}
+    {name: zoo_cfg("patch_embed.proj.0", url="", **cfg) for name, (cfg, _) in _VARIANTS.items()}
 )
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> DHVT:
-    arch = dict(_VARIANTS[variant][1])
-    arch.update(kwargs)
-    return build_model_with_cfg(DHVT, variant, pretrained, **arch)
+    return build_variant(DHVT, variant, pretrained, _VARIANTS[variant][1], kwargs)
 
 
 @register_model

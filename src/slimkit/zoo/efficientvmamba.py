@@ -23,13 +23,15 @@ repository; odd map sizes are zero padded to even before sub-sampling and croppe
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import DropPath
+from timm.models import generate_default_cfgs, register_model
 
+from slimkit.zoo._common import ClassifierMixin, build_variant, init_linear_trunc_normal, linear_head, zoo_cfg
 from slimkit.zoo._selective_scan import selective_scan
 
 __all__ = ["PAPER_TABLE", "EfficientVMamba", "ES2D", "EVSSBlock"]
@@ -190,7 +192,7 @@ class _Stage(nn.Module):
         return self.downsample(x)
 
 
-class EfficientVMamba(nn.Module):
+class EfficientVMamba(ClassifierMixin, nn.Module):
     """EfficientVMamba (timm interface); forward_features returns (b, c, h, w)."""
 
     def __init__(
@@ -222,25 +224,8 @@ class EfficientVMamba(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = dims[-1]
         self.norm = nn.LayerNorm(dims[-1])
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(dims[-1], num_classes)
+        self.apply(partial(init_linear_trunc_normal, norms=(nn.LayerNorm,)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed_norm(self.patch_embed(x).permute(0, 2, 3, 1))
@@ -252,22 +237,9 @@ class EfficientVMamba(nn.Module):
             return x
         return self.head(F.dropout(x, self.drop_rate, self.training))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "patch_embed",
-        "classifier": "head",
-        **kwargs,
-    }
+def _cfg() -> dict:
+    return zoo_cfg("patch_embed", url="", pool_size=(7, 7))
 
 
 _VARIANTS = {
@@ -288,9 +260,7 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in _VARIANTS})
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> EfficientVMamba:
-    arch = dict(_VARIANTS[variant])
-    arch.update(kwargs)
-    return build_model_with_cfg(EfficientVMamba, variant, pretrained, **arch)
+    return build_variant(EfficientVMamba, variant, pretrained, _VARIANTS[variant], kwargs)
 
 
 @register_model

@@ -37,9 +37,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, LayerScale2d, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import DropPath, LayerNorm2d, LayerScale2d, use_fused_attn
+from timm.models import generate_default_cfgs, register_model
+
+from slimkit.zoo._common import ClassifierMixin, build_variant, init_linear_trunc_normal, linear_head, zoo_cfg
 
 __all__ = ["EMOv2", "I2RMB", "HybridWindowAttention"]
 
@@ -153,7 +154,7 @@ def _norm(kind: str) -> type[nn.Module]:
     return partial(nn.BatchNorm2d, eps=1e-6) if kind == "bn" else partial(LayerNorm2d, eps=1e-6)
 
 
-class EMOv2(nn.Module):
+class EMOv2(ClassifierMixin, nn.Module):
     """EMOv2 classifier (timm interface: forward_features / forward_head / reset_classifier)."""
 
     def __init__(
@@ -205,24 +206,8 @@ class EMOv2(nn.Module):
         self.norm = _norm(norms[-1])(dim)
         self.num_features = self.head_hidden_size = dim
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(dim, num_classes)
+        self.apply(init_linear_trunc_normal)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.stages(self.stem(x)))
@@ -233,16 +218,9 @@ class EMOv2(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.0", "classifier": "head", "paper_ids": "arXiv:2412.06674", **kwargs,
-    }
+def _cfg() -> dict[str, Any]:
+    return zoo_cfg("stem.0", pool_size=(7, 7), crop_pct=0.875, interpolation="bicubic", paper_ids="arXiv:2412.06674")
 
 
 default_cfgs = generate_default_cfgs({"emov2_1m": _cfg(), "emov2_2m": _cfg(), "emov2_5m": _cfg()})
@@ -259,8 +237,7 @@ _ARCHS: dict[str, dict[str, Any]] = {
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> EMOv2:
-    args = {**_ARCHS[variant], **kwargs}
-    return build_model_with_cfg(EMOv2, variant, pretrained, feature_cfg=dict(flatten_sequential=True), **args)
+    return build_variant(EMOv2, variant, pretrained, _ARCHS[variant], kwargs, feature_cfg=dict(flatten_sequential=True))
 
 
 @register_model

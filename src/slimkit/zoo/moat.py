@@ -33,9 +33,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, SqueezeExcite, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
+
+from slimkit.zoo._common import ClassifierMixin, build_variant, linear_head, zoo_cfg
 
 __all__ = ["MOAT", "MBConvBlock", "MOATBlock", "RelPosAttention"]
 
@@ -144,7 +145,7 @@ class MOATBlock(nn.Module):
         return x + self.drop_path(self._attend(x))
 
 
-class MOAT(nn.Module):
+class MOAT(ClassifierMixin, nn.Module):
     """MOAT classifier (timm interface: forward_features / forward_head / reset_classifier)."""
 
     def __init__(
@@ -189,7 +190,7 @@ class MOAT(nn.Module):
         self.num_features = self.head_hidden_size = chs
         self.norm = nn.LayerNorm(chs, eps=1e-5)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(chs, num_classes)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -203,15 +204,6 @@ class MOAT(nn.Module):
     def no_weight_decay_keywords(self) -> set[str]:
         return {"rel_table"}
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
@@ -220,16 +212,10 @@ class MOAT(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 def _cfg() -> dict[str, Any]:
-    return {
-        "num_classes": 1000, "input_size": (3, 256, 256), "pool_size": (8, 8), "crop_pct": 0.95,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.0", "classifier": "head", "paper_ids": "arXiv:2210.01820",
-    }
+    return zoo_cfg("stem.0", input_size=(3, 256, 256), pool_size=(8, 8), crop_pct=0.95, interpolation="bicubic",
+                   paper_ids="arXiv:2210.01820")
 
 
 # name -> (stem widths, stage widths); every tiny-MOAT has depths (2, 3, 7, 2).
@@ -245,8 +231,8 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in _VARIANTS})
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MOAT:
     stem, dims = _VARIANTS[variant]
-    return build_model_with_cfg(MOAT, variant, pretrained, feature_cfg=dict(flatten_sequential=True),
-                                **{"stem_chs": stem, "dims": dims, **kwargs})
+    return build_variant(MOAT, variant, pretrained, {"stem_chs": stem, "dims": dims}, kwargs,
+                         feature_cfg=dict(flatten_sequential=True))
 
 
 @register_model

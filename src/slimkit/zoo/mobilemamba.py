@@ -27,9 +27,10 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, SqueezeExcite, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import DropPath, LayerNorm2d, SqueezeExcite
+from timm.models import generate_default_cfgs, register_model
 
+from slimkit.zoo._common import ClassifierMixin, build_variant, init_linear_trunc_normal, linear_head, zoo_cfg
 from slimkit.zoo._selective_scan import selective_scan
 
 __all__ = ["PAPER_TABLE", "MobileMamba", "WTEMamba", "BiSS2D"]
@@ -187,7 +188,7 @@ class PatchMerging(nn.Sequential):
         )  # fmt: skip
 
 
-class MobileMamba(nn.Module):
+class MobileMamba(ClassifierMixin, nn.Module):
     """MobileMamba (timm interface)."""
 
     def __init__(
@@ -224,21 +225,12 @@ class MobileMamba(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = embed_dim[-1]
         self.head_norm = nn.BatchNorm1d(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_head()
-
-    def _init_head(self) -> None:
-        if isinstance(self.head, nn.Linear):
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
+        self.head = linear_head(self.num_features, num_classes)
+        init_linear_trunc_normal(self.head)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_head()
+        super().reset_classifier(num_classes, global_pool)
+        init_linear_trunc_normal(self.head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.patch_embed(x))
@@ -249,22 +241,9 @@ class MobileMamba(nn.Module):
             return x
         return self.head(F.dropout(x, self.drop_rate, self.training))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-def _cfg(size: int, **kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, size, size),
-        "pool_size": (size // 64, size // 64),
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "patch_embed.0.0",
-        "classifier": "head",
-        **kwargs,
-    }
+def _cfg(size: int) -> dict:
+    return zoo_cfg("patch_embed.0.0", url="", input_size=(3, size, size), pool_size=(size // 64, size // 64))
 
 
 _B = dict(embed_dim=(200, 376, 448), depth=(2, 3, 2))
@@ -290,9 +269,7 @@ default_cfgs = generate_default_cfgs({name: _cfg(size) for name, (size, _) in _V
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> MobileMamba:
-    arch = dict(_VARIANTS[variant][1])
-    arch.update(kwargs)
-    return build_model_with_cfg(MobileMamba, variant, pretrained, **arch)
+    return build_variant(MobileMamba, variant, pretrained, _VARIANTS[variant][1], kwargs)
 
 
 @register_model

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
+
+from slimkit.zoo._common import ClassifierMixin, build_variant, init_cnn_, linear_head, zoo_cfg
 
 __all__ = ["PAPER_TABLE", "OSNet", "OSBlock"]
 
@@ -80,7 +82,7 @@ class OSBlock(nn.Module):
         return torch.relu(self.conv3(fused) + self.downsample(x))
 
 
-class OSNet(nn.Module):
+class OSNet(ClassifierMixin, nn.Module):
     """OSNet backbone + 512-d embedding + classifier (timm interface)."""
 
     def __init__(
@@ -109,28 +111,8 @@ class OSNet(nn.Module):
             nn.Linear(channels[-1], feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True)
         )
         self.num_features = self.head_hidden_size = feature_dim
-        self.head = nn.Linear(feature_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(feature_dim, num_classes)
+        init_cnn_(self, norms=(nn.BatchNorm2d, nn.BatchNorm1d), conv_bias=True, nonlinearity="relu")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv5(self.stages(self.stem(x)))
@@ -141,22 +123,9 @@ class OSNet(nn.Module):
             x = nn.functional.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 256, 128),
-        "pool_size": (8, 4),
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.0.0",
-        "classifier": "head",
-        **kwargs,
-    }
+def _cfg() -> dict:
+    return zoo_cfg("stem.0.0", url="", input_size=(3, 256, 128), pool_size=(8, 4))
 
 
 #: The paper's table as printed (Zhou et al., TPAMI 2021, width-multiplier table; same numbers in the
@@ -174,7 +143,7 @@ default_cfgs = generate_default_cfgs(
 
 def _create(variant: str, width: float, pretrained: bool, **kwargs) -> OSNet:
     channels = tuple(int(c * width) for c in (64, 256, 384, 512))
-    return build_model_with_cfg(OSNet, variant, pretrained, channels=channels, **kwargs)
+    return build_variant(OSNet, variant, pretrained, dict(channels=channels), kwargs)
 
 
 @register_model

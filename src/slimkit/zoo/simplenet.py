@@ -32,8 +32,9 @@ from typing import Any, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
+
+from slimkit.zoo._common import CIFAR10_MEAN, CIFAR10_STD, ClassifierMixin, build_variant, linear_head, zoo_cfg
 
 __all__ = ["SimpleNet"]
 
@@ -52,8 +53,10 @@ _IMAGENET_9M: tuple[LayerSpec, ...] = (
 _STRIDE_MODES: dict[int, dict[int, int]] = {0: {}, 1: {0: 2, 1: 2, 2: 2}, 2: {0: 2, 1: 2, 2: 1, 3: 2}}
 
 
-class SimpleNet(nn.Module):
+class SimpleNet(ClassifierMixin, nn.Module):
     """SimpleNet classifier (timm interface: forward_features / forward_head / reset_classifier)."""
+
+    classifier_attr = "classifier"
 
     def __init__(
         self,
@@ -90,19 +93,10 @@ class SimpleNet(nn.Module):
         self.features = nn.Sequential(*modules)
         self.num_features = self.head_hidden_size = chans
         self.head_drop = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(chans, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = linear_head(chans, num_classes)
         for m in self.features.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain("relu"))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -115,19 +109,11 @@ class SimpleNet(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.classifier(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-_CIFAR10_MEAN, _CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "num_classes": 1000, "input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "first_conv": "features.0",
-        "classifier": "classifier", "paper_ids": "arXiv:1608.06037", **kwargs,
-    }
+    return zoo_cfg("features.0", "classifier", **{
+        "crop_pct": 0.875, "interpolation": "bicubic", "paper_ids": "arXiv:1608.06037", **kwargs,
+    })
 
 
 _VARIANTS: dict[str, dict[str, Any]] = {
@@ -143,14 +129,14 @@ _VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 default_cfgs = generate_default_cfgs({
-    name: _cfg(num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, mean=_CIFAR10_MEAN, std=_CIFAR10_STD)
+    name: _cfg(num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD)
     if name == "simplenet_cifar" else _cfg()
     for name in _VARIANTS
 })
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> SimpleNet:
-    return build_model_with_cfg(SimpleNet, variant, pretrained, **{**_VARIANTS[variant], **kwargs})
+    return build_variant(SimpleNet, variant, pretrained, _VARIANTS[variant], kwargs)
 
 
 @register_model

@@ -27,7 +27,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
+
+from slimkit.zoo._common import ClassifierMixin, build_variant, init_cnn_, linear_head, zoo_cfg
 
 __all__ = ["PAPER_TABLE", "SkipNet", "SkipBlock"]
 
@@ -89,8 +91,10 @@ class SkipBlock(nn.Module):
         return self.block(F.adaptive_avg_pool2d(x, size))
 
 
-class SkipNet(nn.Module):
+class SkipNet(ClassifierMixin, nn.Module):
     """SkipNet / SkipblockNet (timm interface)."""
+
+    head_in_attr = "head_hidden_size"
 
     def __init__(self, width: float = 1.0, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2,
                  head_dim: int = 1280, global_pool: str = "avg") -> None:  # fmt: skip
@@ -115,26 +119,8 @@ class SkipNet(nn.Module):
         self.num_features = hidden
         self.head_hidden_size = make_divisible(head_dim * width) if width > 1.0 else head_dim
         self.pre_logits = nn.Sequential(nn.Linear(hidden, self.head_hidden_size), nn.Hardswish())
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(self.head_hidden_size, num_classes)
+        init_cnn_(self, norms=(nn.BatchNorm2d,))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_block(self.stem(x))
@@ -149,22 +135,9 @@ class SkipNet(nn.Module):
             return x
         return self.head(F.dropout(x, self.drop_rate, self.training))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.0",
-        "classifier": "head",
-        **kwargs,
-    }
+def _cfg() -> dict:
+    return zoo_cfg("stem.0", url="", pool_size=(7, 7))
 
 
 #: SkipNet-M in the paper's FLOPs/params figure (ICCV 2021, Fig. "FLOPs vs top-1", also in the
@@ -176,7 +149,7 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in _WIDTHS})
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> SkipNet:
-    return build_model_with_cfg(SkipNet, variant, pretrained, width=_WIDTHS[variant], **kwargs)
+    return build_variant(SkipNet, variant, pretrained, dict(width=_WIDTHS[variant]), kwargs)
 
 
 @register_model

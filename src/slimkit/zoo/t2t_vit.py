@@ -35,10 +35,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
+
+from slimkit.zoo._common import ClassifierMixin, build_variant, init_linear_trunc_normal, linear_head, zoo_cfg
 
 __all__ = ["T2TViT", "PerformerTokenLayer", "T2TModule", "sinusoid_table"]
 
@@ -109,8 +110,10 @@ class T2TModule(nn.Module):
         return self.project(x), hw
 
 
-class T2TViT(nn.Module):
+class T2TViT(ClassifierMixin, nn.Module):
     """T2T-ViT classifier (timm interface: forward_features / forward_head / reset_classifier)."""
+
+    head_in_attr = "embed_dim"
 
     def __init__(
         self,
@@ -144,29 +147,13 @@ class T2TViT(nn.Module):
         ])
         self.norm = nn.LayerNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(embed_dim, num_classes)
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self.apply(init_linear_trunc_normal)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self.tokens_to_token(x)
@@ -182,16 +169,9 @@ class T2TViT(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 def _cfg() -> dict[str, Any]:
-    return {
-        "num_classes": 1000, "input_size": (3, 224, 224), "crop_pct": 0.9, "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "first_conv": "tokens_to_token.project",
-        "classifier": "head", "paper_ids": "arXiv:2101.11986",
-    }
+    return zoo_cfg("tokens_to_token.project", crop_pct=0.9, interpolation="bicubic", paper_ids="arXiv:2101.11986")
 
 
 # name -> (width, depth, heads, mlp ratio)
@@ -208,7 +188,7 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in _VARIANTS})
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> T2TViT:
     dim, depth, heads, mlp = _VARIANTS[variant]
     args = dict(embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=mlp)
-    return build_model_with_cfg(T2TViT, variant, pretrained, **{**args, **kwargs})
+    return build_variant(T2TViT, variant, pretrained, args, kwargs)
 
 
 @register_model

@@ -32,7 +32,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
+
+from slimkit.zoo._common import ClassifierMixin, build_variant, init_cnn_, linear_head, zoo_cfg
 
 __all__ = ["TVConv", "TVConvMobileNetV2", "reparameterize_"]
 
@@ -173,7 +175,7 @@ class TVInvertedResidual(nn.Module):
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
-class TVConvMobileNetV2(nn.Module):
+class TVConvMobileNetV2(ClassifierMixin, nn.Module):
     """Face-recognition MobileNetV2 with TVConv (timm interface, 512-d embedding output)."""
 
     def __init__(
@@ -205,23 +207,8 @@ class TVConvMobileNetV2(nn.Module):
         self.norm = nn.BatchNorm2d(last)
         self.embed = nn.Sequential(nn.Linear(last, embed_dim), nn.BatchNorm1d(embed_dim))
         self.num_features = self.head_hidden_size = embed_dim
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(embed_dim, num_classes)
+        init_cnn_(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -232,23 +219,10 @@ class TVConvMobileNetV2(nn.Module):
             return x
         return self.head(F.dropout(x, self.drop_rate, self.training))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 0,
-        "input_size": (3, 96, 96),
-        "fixed_input_size": True,
-        "pool_size": (6, 6),
-        "mean": (0.5, 0.5, 0.5),
-        "std": (0.5, 0.5, 0.5),
-        "first_conv": "features.0.0",
-        "classifier": "head",
-        **kwargs,
-    }
+def _cfg() -> dict:
+    return zoo_cfg("features.0.0", url="", num_classes=0, input_size=(3, 96, 96), fixed_input_size=True,
+                   pool_size=(6, 6), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 _WIDTHS = {f"tvconv_mobilenetv2_x{w.replace('.', '_')}": float(w) for w in ("0.1", "0.2", "0.3", "0.5", "1.0")}
@@ -256,7 +230,7 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in _WIDTHS})
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> TVConvMobileNetV2:
-    return build_model_with_cfg(TVConvMobileNetV2, variant, pretrained, width=_WIDTHS[variant], **kwargs)
+    return build_variant(TVConvMobileNetV2, variant, pretrained, dict(width=_WIDTHS[variant]), kwargs)
 
 
 @register_model

@@ -34,8 +34,9 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
+
+from slimkit.zoo._common import build_variant, zoo_cfg
 
 __all__ = ["ULSAM", "insert_ulsam_", "mobilenetv2_with_ulsam"]
 
@@ -98,21 +99,16 @@ def mobilenetv2_with_ulsam(replaced: list[tuple[int, int]], groups: int = 4, **k
 
 
 def _cfg() -> dict[str, Any]:
-    return {
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "conv_stem", "classifier": "classifier", "paper_ids": "arXiv:2006.15102",
-    }
+    return zoo_cfg("conv_stem", "classifier", pool_size=(7, 7), crop_pct=0.875, interpolation="bicubic",
+                   paper_ids="arXiv:2006.15102")
 
 
 default_cfgs = generate_default_cfgs({name: _cfg() for name in _REPLACED})
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:
-    return build_model_with_cfg(
-        mobilenetv2_with_ulsam, variant, pretrained, feature_cfg=dict(flatten_sequential=True),
-        replaced=_REPLACED[variant], **kwargs,
-    )
+    return build_variant(mobilenetv2_with_ulsam, variant, pretrained, dict(replaced=_REPLACED[variant]), kwargs,
+                         feature_cfg=dict(flatten_sequential=True))
 
 
 @register_model
