@@ -58,7 +58,7 @@ class _GroupScorer:
     expanded, so groups stop at them instead of exploding through a shuffle."""
 
     def __init__(self, model, example_inputs, importance, ignored_layers, num_heads, exempt) -> None:
-        with ShapeRecorder(model) as recorder, tolerant_index_mapping() as unmapped:
+        with torch.enable_grad(), ShapeRecorder(model) as recorder, tolerant_index_mapping() as unmapped:
             self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
         self.unsafe = unsafe_nodes(self.DG, recorder.records, exempt) + sorted(unmapped, key=id)
         for module in self.unsafe:
@@ -257,7 +257,7 @@ def _round_keep(g: GroupPlan, keep: float, round_to: int, max_layer_prune: float
 def apply_plan(model: nn.Module, example_inputs: torch.Tensor, plan: Plan, keeps: list[int]) -> nn.Module:
     """Prune `model` in place so group i keeps keeps[i] slots (highest scores survive)."""
     adapters = analyse_model(model)
-    with tolerant_index_mapping():
+    with torch.enable_grad(), tolerant_index_mapping():
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
         _prune_groups(model, dg, plan, keeps)
     fix_attributes(model, adapters)
