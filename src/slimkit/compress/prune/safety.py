@@ -86,7 +86,7 @@ def tolerant_index_mapping(failed: set | None = None) -> Iterator[set]:
 
     def split_in_piece_order(graph, node) -> None:
         sizes = getattr(node.module, "split_sizes", None)
-        if sizes is not None:  # its SplitPruner updates the sizes but not the offsets it maps with
+        if sizes and all(isinstance(v, int) for v in sizes):  # its SplitPruner updates the sizes but not the offsets it maps with
             node.module.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         if _order_split_outputs(node):
             original_split(graph, node)

@@ -82,16 +82,16 @@ def _solve(fn: Callable[[float], float], goal: float, hi: float, iters: int = 40
     return hi
 
 
-def search_structural(model, x, plan, stats, base, kind, ratio, cfg, round_to, check) -> tuple[Trial, list[Trial]]:
-    """Find keeps whose measured `kind` (macs | params) ratio is closest to `ratio`."""
+def search_structural(model, x, plan, stats, base, kind, ratio, alloc: Callable[[float], list[int]], max_level: float,
+                      check, round_to: int = 1) -> tuple[Trial, list[Trial]]:
+    """Find the level whose kept channels `alloc(level)` measure closest to `ratio` of `kind` (macs | params)."""
     def est(level: float) -> float:
-        keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
-        return estimate(plan, keeps, stats, base)[kind] / base[kind]
+        return estimate(plan, alloc(level), stats, base)[kind] / base[kind]
 
     goal, trials = ratio, []
     for _ in range(5):
-        level = _solve(est, goal, cfg.max_layer_prune)
-        keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
+        level = _solve(est, goal, max_level)
+        keeps = alloc(level)
         if trials and keeps == trials[-1].keeps:
             break
         pruned = build_trial(model, x, plan, keeps)
@@ -100,7 +100,7 @@ def search_structural(model, x, plan, stats, base, kind, ratio, cfg, round_to, c
         measured = (macs if kind == "macs" else params) / base[kind]
         trials.append(Trial(level, round_to, keeps, macs, params, measured))
         log.info("level %.4f -> measured %s ratio %.4f (target %.4f)", level, kind, measured, ratio)
-        if abs(measured / ratio - 1) <= INNER_TOLERANCE or level >= cfg.max_layer_prune and measured > ratio:
+        if abs(measured / ratio - 1) <= INNER_TOLERANCE or level >= max_level and measured > ratio:
             break
         goal = min(max(goal * ratio / measured, 1e-3), 1.0)
     best = min(trials, key=lambda t: (abs(t.ratio / ratio - 1), t.ratio))
