@@ -80,7 +80,7 @@ def available_model_names() -> dict[str, list[str]]:
 
 
 def _closest(name: str, pool: list[str]) -> str:
-    matches = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
+    matches = difflib.get_close_matches(name, sorted(set(pool)), n=3, cutoff=0.6)
     return f"; closest: {', '.join(matches)}" if matches else ""
 
 

@@ -1,0 +1,154 @@
+"""`compress()`: run a recipe's steps toward a budget, checkpointing each step so a run can resume.
+
+Layout of a run directory:
+    INCOMPLETE            present until the run finishes (removed last)
+    state.json            the resolved run settings and the steps completed so far
+    steps/NN-LABEL/       each step's output: a model directory (+ ONNX files for quantize) + step.json
+    .work/NN-LABEL/       a step in progress (training checkpoints); removed when the step completes
+    report.json, report.html, args.json   written at the end
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from slimkit.compress.budget import Budget, parse_budget
+from slimkit.compress.recipe import Recipe
+from slimkit.compress.steps import STEPS, RunContext, StepResult
+from slimkit.errors import BadInputError
+from slimkit.utils.io import atomic_dir, atomic_write_json
+
+__all__ = ["compress", "INCOMPLETE_MARKER", "STATE_FILE"]
+
+log = logging.getLogger(__name__)
+INCOMPLETE_MARKER = "INCOMPLETE"
+STATE_FILE = "state.json"
+
+
+def _step_dirname(index: int, label: str) -> str:
+    return f"{index:02d}-{label}"
+
+
+def _load_state(out_dir: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> dict[str, Any]:
+    state_path = out_dir / STATE_FILE
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if resume and state_path.is_file():
+            state = json.loads(state_path.read_text())
+            if state["settings"] != settings:
+                changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+                raise BadInputError(f"{out_dir} was started with other settings ({', '.join(changed)}); "
+                                    "resume with the same arguments or use --overwrite")
+            return state
+        if resume:
+            raise BadInputError(f"{out_dir} has no {STATE_FILE}: nothing to resume")
+        if not overwrite:
+            raise BadInputError(f"{out_dir} already exists; use --resume to continue it or --overwrite to start again")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / INCOMPLETE_MARKER).write_text("this run has not finished; `slimkit compress ... --resume` continues it\n")
+    state = {"version": 1, "settings": settings, "completed": []}
+    atomic_write_json(state_path, state)
+    return state
+
+
+def _save_step(out_dir: Path, name: str, result: StepResult, ctx: RunContext, work: Path, step: dict) -> Path:
+    from slimkit.models import save_model_dir
+
+    final = out_dir / "steps" / name
+    with atomic_dir(final) as tmp:
+        save_model_dir(result.model, ctx.info, tmp / "model")
+        if result.onnx_path is not None:
+            shutil.copytree(result.onnx_path.parent, tmp / "onnx")
+        atomic_write_json(tmp / "step.json", {**step, "details": result.details,
+                                              "onnx": f"onnx/{result.onnx_path.name}" if result.onnx_path else None})
+    shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def _run_steps(recipe: Recipe, ctx: RunContext, model: torch.nn.Module, state: dict) -> torch.nn.Module:
+    from slimkit.models import load_model_dir
+
+    done = {entry["name"] for entry in state["completed"]}
+    for index, step in enumerate(recipe.steps):
+        name = _step_dirname(index, step.label)
+        step_dir = ctx.out_dir / "steps" / name
+        if name in done:
+            model, _ = load_model_dir(step_dir / "model", trust_code=True)
+            ctx.say(f"step {name}: already complete, reloaded")
+        else:
+            work = ctx.out_dir / ".work" / name
+            work.parent.mkdir(parents=True, exist_ok=True)
+            result = STEPS[step.type](ctx, model, dict(step.params), work)
+            _save_step(ctx.out_dir, name, result, ctx, work, step.model_dump())
+            state["completed"].append({"name": name, "type": step.type})
+            atomic_write_json(ctx.out_dir / STATE_FILE, state)
+            model = result.model
+        if step.type == "train" and ctx.original is None:
+            ctx.original = copy.deepcopy(model).eval()
+    return model
+
+
+def compress(
+    model_spec: str,
+    out_dir: str | Path,
+    recipe: Recipe,
+    *,
+    data: str = "digits",
+    budget: str | None = None,
+    input_size: tuple[int, int, int] | None = None,
+    train_samples: int | None = None,
+    val_samples: int | None = None,
+    threads: int = 1,
+    seed: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Compress the model named by `model_spec` (a new model is built) into `out_dir`; returns report.json."""
+    from slimkit.compress.measure import build_report
+    from slimkit.data import load_data
+
+    budget_obj = parse_budget(budget or recipe.budget or "latency=0.25")
+    out_dir = Path(out_dir)
+    ctx, model = _prepare(model_spec, out_dir, recipe, data, budget_obj, input_size, train_samples, val_samples,
+                          threads, seed, say or (lambda m: log.info(m)))
+    settings = {"model": model_spec, "recipe": recipe.model_dump(), "data": data, "budget": str(budget_obj),
+                "input_size": list(ctx.input_size), "train_samples": train_samples, "val_samples": val_samples,
+                "threads": threads, "seed": seed}
+    state = _load_state(out_dir, settings, resume, overwrite)
+    if ctx.trained:
+        ctx.original = copy.deepcopy(model).eval()
+    _run_steps(recipe, ctx, model, state)
+    report = build_report(ctx, recipe, state)
+    (out_dir / INCOMPLETE_MARKER).unlink(missing_ok=True)
+    return report
+
+
+def _prepare(spec, out_dir, recipe, data_spec, budget, input_size, train_samples, val_samples, threads, seed, say):
+    from slimkit.data import load_data
+    from slimkit.models import is_model_dir, load_model
+
+    probe, info = load_model(spec, trust_code=True)
+    size = tuple(input_size or info.input_size)
+    bundle = load_data(data_spec, size, train_samples=train_samples, val_samples=val_samples, seed=seed)
+    trained = is_model_dir(spec) and (Path(spec) / "metrics.json").is_file()
+    if is_model_dir(spec):
+        model = probe
+        if info.num_classes is not None and info.num_classes != bundle.num_classes:
+            raise BadInputError(f"{spec} predicts {info.num_classes} classes but {data_spec} has {bundle.num_classes}")
+    else:
+        model, info = load_model(spec, num_classes=bundle.num_classes, trust_code=True)
+    info.input_size, info.mean, info.std = size, tuple(bundle.mean), tuple(bundle.std)
+    info.class_names, info.num_classes = list(bundle.class_names), bundle.num_classes
+    has_quantize = any(s.type == "quantize" for s in recipe.steps)
+    torch.manual_seed(seed)
+    ctx = RunContext(out_dir, bundle, data_spec, size, budget, info, threads, seed, trained, has_quantize,
+                     val_samples=val_samples, say=say)
+    return ctx, model

@@ -1,0 +1,110 @@
+"""Recipes: a versioned, validated list of steps (YAML/JSON), overridable from the CLI.
+
+Built-in recipes live as YAML files beside this module (`recipes/*.yaml`).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from slimkit.errors import BadInputError
+
+__all__ = ["Recipe", "Step", "load_recipe", "builtin_recipes", "RECIPE_VERSION", "StepType"]
+
+RECIPE_VERSION = 1
+StepType = Literal["train", "prune", "finetune", "quantize", "export"]
+
+
+class Step(BaseModel):
+    """One step; `params` are checked by the step's own implementation when it runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: StepType
+    name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = RECIPE_VERSION
+    name: str
+    description: str = ""
+    budget: str | None = None  # default budget when the CLI gives none
+    steps: list[Step]
+
+    @model_validator(mode="after")
+    def _check(self) -> "Recipe":
+        from slimkit.compress.budget import parse_budget
+
+        if self.version > RECIPE_VERSION:
+            raise ValueError(f"recipe version {self.version} is newer than this slimkit reads ({RECIPE_VERSION})")
+        if not self.steps:
+            raise ValueError("a recipe needs at least one step")
+        labels = [s.label for s in self.steps]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"step names must be unique, got {labels}; give repeated steps a `name`")
+        if self.budget is not None:
+            parse_budget(self.budget)
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False)
+
+    def override(self, overrides: list[str]) -> "Recipe":
+        """Apply `STEP.KEY=VALUE` overrides (VALUE parsed as YAML); returns a new recipe."""
+        data = self.model_dump()
+        for item in overrides:
+            path, sep, raw = item.partition("=")
+            step_label, dot, key = path.partition(".")
+            if not sep or not dot or not key:
+                raise BadInputError(f"malformed override {item!r}: expected STEP.KEY=VALUE, e.g. finetune.epochs=3")
+            steps = [s for s in data["steps"] if (s.get("name") or s["type"]) == step_label]
+            if not steps:
+                raise BadInputError(f"override {item!r} names no step of recipe {self.name!r}")
+            steps[0]["params"][key] = yaml.safe_load(raw)
+        return _validate(data, f"recipe {self.name!r} with overrides")
+
+
+def _validate(data: Any, where: str) -> Recipe:
+    if not isinstance(data, dict):
+        raise BadInputError(f"{where} is not a mapping")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise BadInputError(f"{where} is invalid: {loc + ': ' if loc else ''}{first['msg']}") from exc
+    except BadInputError as exc:
+        raise BadInputError(f"{where} is invalid: {exc}") from exc
+
+
+def builtin_recipes() -> dict[str, str]:
+    """Built-in recipe name -> YAML text."""
+    folder = resources.files("slimkit.compress") / "recipes"
+    return {p.name[:-5]: p.read_text() for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.name.endswith(".yaml")}
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A built-in recipe by name, or a YAML/JSON file."""
+    builtins = builtin_recipes()
+    if name_or_path in builtins:
+        text, where = builtins[name_or_path], f"built-in recipe {name_or_path!r}"
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise BadInputError(f"unknown recipe {name_or_path!r}: not a built-in ({', '.join(builtins)}) nor a file")
+        text, where = path.read_text(), f"recipe file {path}"
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise BadInputError(f"{where} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from exc
+    return _validate(data, where)

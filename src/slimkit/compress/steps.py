@@ -1,0 +1,166 @@
+"""The compress pipeline's steps, one registered function each: train, prune, finetune, quantize, export.
+
+A step gets the run context, the current torch model and its recipe params, works in
+its own (temporary) step directory, and returns the model it produced.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from slimkit.compress.budget import Budget
+from slimkit.errors import BadInputError
+
+__all__ = ["RunContext", "StepResult", "register_step", "STEPS"]
+
+log = logging.getLogger(__name__)
+STEPS: dict[str, Callable[..., "StepResult"]] = {}
+# int8 weights take a quarter of fp32's bytes: what a size budget leaves to pruning when a quantize step follows.
+INT8_SIZE_FACTOR = 4.0
+
+
+@dataclass
+class RunContext:
+    out_dir: Path
+    data: Any  # DataBundle
+    data_spec: str
+    input_size: tuple[int, int, int]
+    budget: Budget
+    info: Any  # ModelInfo of the model being compressed
+    threads: int
+    seed: int
+    trained: bool  # the given model is already trained: the train step is skipped
+    has_quantize: bool
+    val_samples: int | None = None
+    original: nn.Module | None = None  # the trained, uncompressed model: the distillation teacher
+    say: Callable[[str], None] = lambda msg: log.info(msg)
+
+
+@dataclass
+class StepResult:
+    model: nn.Module
+    onnx_path: Path | None = None  # set by steps whose deployable output is an ONNX file (quantize)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def register_step(name: str) -> Callable:
+    def deco(fn: Callable[..., StepResult]) -> Callable[..., StepResult]:
+        STEPS[name] = fn
+        return fn
+
+    return deco
+
+
+def _check_params(step: str, params: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise BadInputError(f"step {step!r} has unknown params: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+
+
+_TRAIN_KEYS = {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip"}
+
+
+def _train_config(ctx: RunContext, params: dict[str, Any]):
+    from slimkit.engine import TrainConfig
+
+    kwargs = {k: v for k, v in params.items() if k in _TRAIN_KEYS}
+    return TrainConfig(seed=ctx.seed, **kwargs)
+
+
+@register_step("train")
+def train_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
+    from slimkit.engine import fit
+
+    _check_params("train", params, _TRAIN_KEYS)
+    if ctx.trained:
+        return StepResult(model, details={"skipped": "the given model is a trained slimkit checkpoint"})
+    ctx.say(f"training {params.get('epochs', 'default')} epochs")
+    result = fit(model, ctx.data, _train_config(ctx, params), out_dir=work, resume=work.exists(), info=ctx.info)
+    return StepResult(model, details={"epochs": result.epochs_completed})
+
+
+def _prune_target(ctx: RunContext, params: dict[str, Any]) -> str:
+    if params.get("target"):
+        return str(params["target"])
+    budget = ctx.budget
+    if budget.kind in ("macs", "params"):
+        return f"{budget.kind}={budget.fraction:g}"
+    if budget.kind == "size":
+        factor = INT8_SIZE_FACTOR if ctx.has_quantize else 1.0
+        return f"params={min(0.95, budget.fraction * factor * 0.9):g}"
+    fraction = budget.fraction if budget.fraction is not None else None
+    if fraction is None:  # an absolute latency: convert with the original's measured latency
+        from slimkit.profile.latency import measure_latency
+
+        timing, _ = measure_latency(ctx.original, torch.randn(1, *ctx.input_size), threads=ctx.threads,
+                                    repetitions=30, min_time_s=0.5)
+        base_ms = timing.get("onnxruntime", timing["torch"]).median
+        fraction = budget.absolute_ms / base_ms
+        if not 0.0 < fraction < 1.0:
+            raise BadInputError(f"latency budget {budget} vs baseline {base_ms:.3f} ms: nothing to prune (fraction {fraction:.3f})")
+    # Pruning alone must reach a latency budget in fp32; int8 later is measured, never assumed.
+    return f"latency={fraction:g}"
+
+
+@register_step("prune")
+def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
+    from slimkit.compress.prune import PruneConfig, prune_
+    from slimkit.compress.prune.criteria import Calibration, criterion_needs_data
+
+    _check_params("prune", params, {"target", "criterion", "allocation", "round_to", "unstructured", "tolerance"})
+    kwargs = {k: v for k, v in params.items() if k != "target"}
+    config = PruneConfig(target=_prune_target(ctx, params), latency_threads=ctx.threads, seed=ctx.seed, **kwargs)
+    calib = None
+    if criterion_needs_data(config.criterion):
+        x, y = ctx.data.train.tensors()
+        calib = Calibration([(x[i : i + 64], y[i : i + 64]) for i in range(0, min(len(y), 256), 64)])
+    ctx.say(f"pruning toward {config.target} ({config.criterion}, round to {config.round_to})")
+    result = prune_(model, config, torch.randn(1, *ctx.input_size), calib)
+    return StepResult(model, details={"prune": result.to_dict(), "config": config.to_dict()})
+
+
+@register_step("finetune")
+def finetune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
+    from slimkit.compress.distill.self_distill import SelfDistill
+    from slimkit.engine import fit
+
+    _check_params("finetune", params, _TRAIN_KEYS | {"distill", "temperature", "alpha"})
+    distill = bool(params.get("distill", True)) and ctx.original is not None
+    loss = SelfDistill(ctx.original, temperature=params.get("temperature", 4.0), alpha=params.get("alpha", 0.5)) if distill else None
+    ctx.say(f"fine-tuning {params.get('epochs', 'default')} epochs" + (" with distillation from the original" if distill else ""))
+    train_params = {k: v for k, v in params.items() if k in _TRAIN_KEYS}
+    result = fit(model, ctx.data, _train_config(ctx, train_params), out_dir=work, resume=work.exists(),
+                 loss_fn=loss, info=ctx.info)
+    return StepResult(model, details={"epochs": result.epochs_completed, "distill": distill})
+
+
+@register_step("quantize")
+def quantize_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
+    from slimkit.compress.quantize.calib import load_quant_data
+    from slimkit.compress.quantize.config import PTQConfig
+    from slimkit.compress.quantize.pipeline import quantize_ptq
+
+    allowed = {"method", "per_channel", "symmetric_activations", "percentile", "calib_samples", "equalize",
+               "bias_correction", "max_drop", "speed_guard", "exclude"}
+    _check_params("quantize", params, allowed)
+    config = PTQConfig(**params)
+    data = load_quant_data(ctx.data_spec, ctx.input_size, calib_samples=config.calib_samples,
+                           val_samples=ctx.val_samples, mean=ctx.data.mean, std=ctx.data.std, seed=ctx.seed)
+    ctx.say(f"quantizing to int8 ({config.method}, max drop {config.max_drop} points, speed guard on)")
+    report = quantize_ptq(model, ctx.input_size, data, config, work / "onnx")
+    return StepResult(model, onnx_path=work / "onnx" / "model.int8.onnx", details={"quantize": report})
+
+
+@register_step("export")
+def export_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
+    from slimkit.deploy.onnx_export import export_onnx
+
+    _check_params("export", params, {"opset"})
+    report = export_onnx(model, ctx.input_size, work / "model.onnx", opset=int(params.get("opset", 17)))
+    return StepResult(model, onnx_path=work / "model.onnx", details={"export": report.to_dict()})
