@@ -36,9 +36,9 @@ def prune_command(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Prune MODEL to a budget; writes OUT/ (model directory), OUT/report.json and OUT/args.json."""
+    args = dict(locals())  # first statement: only the options are local yet
     from slimkit.compress.prune.job import PruneJob, run_job
 
-    args = dict(locals())
     job = PruneJob.from_cli(args)  # validates everything before any work or output
     report = run_job(job)
     _print_summary(report, job.out)
