@@ -39,7 +39,7 @@ class LAPP:
     """Learnable-threshold progressive pruning state for one model (see module doc)."""
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, target: float, total_steps: int,
-                 tau: float = 0.05, lam: float = 20.0, prune_fraction: float = 0.5, max_layer_prune: float = 0.9) -> None:
+                 tau: float = 0.25, lam: float = 20.0, prune_fraction: float = 0.5, max_layer_prune: float = 0.9) -> None:
         model.eval()
         heads = classifier_layers(model, model(example_inputs[:1]).shape[-1])
         self.plan = plan_groups(model, example_inputs[:1], build_importance("l1", model), heads, [], analyse_model(model))
@@ -47,25 +47,29 @@ class LAPP:
         self.model, self.target, self.tau, self.lam = model, target, tau, lam
         self.total, self.prune_steps, self.step = total_steps, max(1, int(prune_fraction * total_steps)), 0
         self.min_keep = 1.0 - max_layer_prune
-        self.thresholds = nn.Parameter(torch.full((len(self.plan.groups),), 0.2))
-        self.opt = torch.optim.Adam([self.thresholds], lr=0.01)
+        self.thresholds = nn.Parameter(torch.full((len(self.plan.groups),), 0.5))
+        self.opt = torch.optim.Adam([self.thresholds], lr=0.05)
         self._masked = [self._mask_modules(g) for g in self.plan.groups]
         self._handles = [m.register_forward_hook(self._hook(i, g)) for i, (g, mods) in
                          enumerate(zip(self.plan.groups, self._masked)) for m in mods]
         self.conv_macs = sum(s["macs"] for s in self.stats.values())
 
+    def _whole(self, g: GroupPlan) -> list[nn.Module]:
+        return [self.model.get_submodule(n) for n, kind, c in g.dims if kind == "out" and c == g.channels]
+
     def _mask_modules(self, g: GroupPlan) -> list[nn.Module]:
-        whole = [(n, c) for n, kind, c in g.dims if kind == "out" and c == g.channels]
-        norms = [self.model.get_submodule(n) for n, _ in whole if isinstance(self.model.get_submodule(n), _NORMS)]
-        return norms or [self.model.get_submodule(n) for n, _ in whole]
+        whole = self._whole(g)
+        return [m for m in whole if isinstance(m, _NORMS)] or whole
 
     def scores(self, g: GroupPlan, modules: list[nn.Module]) -> torch.Tensor:
+        """|gamma| of the group's norms times the L1 norm of its producing filters, per channel."""
+        raw = torch.ones(g.channels)
         norms = [m for m in modules if isinstance(m, _NORMS) and m.weight is not None]
         if norms:
-            raw = torch.stack([m.weight.detach().abs() for m in norms]).mean(0)
-        else:
-            w = modules[0].weight.detach() if modules else None
-            raw = w.abs().flatten(1).sum(1) if w is not None else torch.ones(g.channels)
+            raw = raw * torch.stack([m.weight.detach().abs() for m in norms]).mean(0)
+        producers = [m for m in self._whole(g) if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+        if producers:
+            raw = raw * torch.stack([m.weight.detach().abs().flatten(1).sum(1) for m in producers]).mean(0)
         raw = raw.view(g.ch_groups, -1).mean(0) if g.ch_groups > 1 else raw
         return raw / raw.mean().clamp(min=1e-12)
 
@@ -138,7 +142,9 @@ def lapp_train_(model: nn.Module, train: Dataset, target: float, epochs: float, 
     lapp = LAPP(model, example_inputs, target, steps)
     info = finetune(model, train, epochs, lr=lr, batch_size=batch_size, extra_loss=lapp.loss,
                     step_hook=lapp.after_step, seed=seed)
+    with torch.no_grad():
+        expected = float(lapp.expected_macs_ratio())  # soft-mask estimate, before the real cut
     keeps = lapp.finalize(example_inputs)
     model.eval()
     return {"macs_ratio": count_macs(model, example_inputs[:1]) / before, "loss": info["loss"],
-            "expected_ratio_at_end": float(lapp.expected_macs_ratio()), "keeps": keeps}
+            "expected_ratio_at_end": expected, "keeps": keeps}
