@@ -38,11 +38,11 @@ def tp_direct(model: nn.Module, x: torch.Tensor, target: float) -> nn.Module:
     import torch_pruning as tp
 
     base = count_macs(model, x)
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     lo, hi, best = 0.0, 0.95, None
     for _ in range(12):
         ratio = (lo + hi) / 2
         trial = copy.deepcopy(model)
+        head = [m for m in trial.modules() if isinstance(m, nn.Linear)][-1:]  # keep the 10 logits
         tp.pruner.MetaPruner(trial, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
                              pruning_ratio=ratio, ignored_layers=head).step()
         macs = count_macs(trial, x) / base
