@@ -44,10 +44,11 @@ SLOW = [
     ("timm:mobileone_s0", 64, {}),
     ("timm:efficientnet_b0", 64, {}),
     ("timm:resnet18", 64, {}),
-]
-# Known limits (see docs/prune.md): protected attention or frozen streams cap the cut above 55%.
-UNREACHABLE = [
     ("timm:ghostnetv2_100", 64, {}),
+]
+# Known limit (see docs/prune.md): its attention (with position biases) is protected and holds most
+# of the MACs at this size, so the cut stops near 80%.
+UNREACHABLE = [
     ("timm:tiny_vit_5m_224", 64, {"img_size": 64}),
 ]
 
@@ -59,6 +60,7 @@ def _check(spec, side, kwargs, tmp_path):
     x = torch.randn(2, 3, side, side)
     result = prune_(model, PruneConfig(target="macs=0.5"), x[:1])
     macs_ratio = count_macs(model, x[:1]) / result.before["macs"]
+    print(f"{spec}: MACs ratio {macs_ratio:.3f}, protected {result.protected}, notes {len(result.notes)}")
     assert abs(macs_ratio - 0.5) <= 0.05, f"MACs ratio {macs_ratio:.3f}"  # +-10% of the 0.5 target
     with torch.no_grad():
         out = model(x)

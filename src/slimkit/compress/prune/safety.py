@@ -220,6 +220,8 @@ def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module]) ->
             bad.append(module)  # pieces would be pruned independently of each other
             continue
         if rec is None:
+            if node.type == ops.OPTYPE.SLICE:
+                bad.append(module)  # a slice we could not see: its bounds may be stored sizes
             continue
         channels = None
         if node.inputs:
