@@ -74,3 +74,20 @@ def test_prune_cli_bad_input_exit_2_nothing_written(monkeypatch, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_prune_cli_config_file_and_prune_again(monkeypatch, tmp_path):
+    cfg = tmp_path / "prune.json"
+    cfg.write_text(json.dumps({"target": "params=0.6", "criterion": "l1", "allocation": "adaptive"}))
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run(monkeypatch, "prune", DEMO, "--config", str(cfg), "--input-size", "3x32x32", "--no-latency",
+                "--out", str(first)) == 0
+    report = json.loads((first / "report.json").read_text())
+    assert (report["config"]["criterion"], report["config"]["allocation"]) == ("l1", "adaptive")
+    assert abs(report["after"]["params"] / report["before"]["params"] - 0.6) <= 0.06
+    # a directory built from user code is only re-imported with --trust-code
+    assert _run(monkeypatch, "prune", str(first), "--target", "macs=0.7", "--no-latency", "--out", str(second)) == 2
+    assert _run(monkeypatch, "prune", str(first), "--trust-code", "--target", "macs=0.7", "--no-latency",
+                "--out", str(second)) == 0
+    again = json.loads((second / "report.json").read_text())
+    assert again["before"]["macs"] == report["after"]["macs"]

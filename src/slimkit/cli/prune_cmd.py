@@ -17,11 +17,11 @@ def prune_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output model directory (written atomically)"),
     target: Optional[str] = typer.Option(None, "--target", help="macs=F | params=F | latency=F (fraction of the original)"),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Fixed fraction of channels to remove instead of a target"),
-    criterion: str = typer.Option("l2", "--criterion", help="l1, l2, bn_scale, taylor, random, lrp"),
-    allocation: str = typer.Option("global", "--allocation", help="uniform | global | adaptive (cost-aware)"),
+    criterion: Optional[str] = typer.Option(None, "--criterion", help="l1, l2 (default), bn_scale, taylor, random, lrp"),
+    allocation: Optional[str] = typer.Option(None, "--allocation", help="uniform | global (default) | adaptive (cost-aware)"),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Channel multiple (default 8; latency targets measure 1/8/16)"),
     unstructured: Optional[float] = typer.Option(None, "--unstructured", help="Extra weight sparsity 0..1 (gradual if --epochs)"),
-    unstructured_scope: str = typer.Option("global", "--unstructured-scope", help="global | layer | lamp"),
+    unstructured_scope: Optional[str] = typer.Option(None, "--unstructured-scope", help="global (default) | layer | lamp"),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A PruneConfig JSON file (flags override it)"),
     data: Optional[str] = typer.Option(None, "--data", help=DATA_OPT.help),
     epochs: float = typer.Option(0.0, "--epochs", min=0.0, help="Fine-tune epochs after pruning (needs --data)"),
@@ -32,8 +32,9 @@ def prune_command(
     train_samples: Optional[int] = TRAIN_SAMPLES_OPT,
     val_samples: Optional[int] = VAL_SAMPLES_OPT,
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure ONNX Runtime latency before/after"),
-    threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads for latency"),
-    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime threads for latency (default 1)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code to import it"),
 ) -> None:
     """Prune MODEL to a budget; writes OUT/ (model directory), OUT/report.json and OUT/args.json."""
     args = dict(locals())  # first statement: only the options are local yet

@@ -39,6 +39,7 @@ class PruneJob:
     latency: bool = True
     threads: int = 1
     seed: int = 0
+    trust_code: bool = False
     args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -47,9 +48,9 @@ class PruneJob:
         from slimkit.compress.prune.criteria import available_criteria, criterion_needs_data
         from slimkit.utils.parse import parse_input_size
 
-        cfg = _config_from_args(args)
-        if args["criterion"] not in available_criteria():
+        if args.get("criterion") is not None and args["criterion"] not in available_criteria():
             raise BadInputError(f"unknown criterion {args['criterion']!r}; choose from {', '.join(available_criteria())}")
+        cfg = _config_from_args(args)
         if args.get("epochs") and not args.get("data"):
             raise BadInputError("--epochs needs --data to fine-tune on")
         if args.get("kd") and not args.get("epochs"):
@@ -63,7 +64,7 @@ class PruneJob:
         return cls(args["model"], out, cfg, args.get("data"), float(args.get("epochs") or 0), float(args.get("lr", 0.01)),
                    bool(args.get("kd")), parse_input_size(args.get("input_size")), args.get("num_classes"),
                    args.get("train_samples"), args.get("val_samples"), bool(args.get("latency", True)),
-                   int(args.get("threads") or 1), int(args.get("seed") or 0), plain)
+                   cfg.latency_threads, cfg.seed, bool(args.get("trust_code")), plain)
 
 
 def _config_from_args(args: dict[str, Any]) -> PruneConfig:
@@ -126,7 +127,7 @@ def _load(job: PruneJob):
     from slimkit.data import load_data
     from slimkit.models import load_model
 
-    trust = bool(_FILE_SPEC.match(job.model))  # the user named the code file explicitly
+    trust = job.trust_code or bool(_FILE_SPEC.match(job.model))  # code file named explicitly, or --trust-code
     classes = job.num_classes
     bundle = None
     if job.data and classes is None:

@@ -38,7 +38,6 @@ class Trial:
     macs: int
     params: int
     ratio: float  # measured quantity / original
-    model: nn.Module | None = None
 
     def summary(self) -> dict:
         return {"level": round(self.level, 5), "round_to": self.round_to, "ratio": round(self.ratio, 5),
