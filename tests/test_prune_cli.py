@@ -67,6 +67,8 @@ def test_prune_cli_unstructured_reports_size_not_speed(monkeypatch, tmp_path):
     (["--criterion", "taylor"], "needs --data"),
     (["--target", "macs=0.001"], "out of reach"),
     (["--epochs", "1"], "needs --data"),
+    (["--ratio", "0.3", "--target", "macs=0.5"], "not both"),
+    (["--ratio", "1.2"], "ratio must be in"),
 ])
 def test_prune_cli_bad_input_exit_2_nothing_written(monkeypatch, tmp_path, capsys, extra, message):
     out = tmp_path / "never"

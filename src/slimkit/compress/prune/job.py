@@ -75,6 +75,8 @@ def _config_from_args(args: dict[str, Any]) -> PruneConfig:
             base = PruneConfig.from_json(path.read_text()).to_dict()
         except OSError as exc:
             raise BadInputError(f"cannot read prune config {path}: {exc}") from exc
+    if args.get("ratio") is not None and args.get("target") is not None:
+        raise BadInputError("give --target or --ratio, not both")
     if args.get("ratio") is not None:
         base.update(target=None, ratio=args["ratio"])
     elif args.get("target") is not None:
