@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -71,8 +71,13 @@ def prune_(
     config: PruneConfig,
     example_inputs: torch.Tensor,
     calib: Calibration | None = None,
+    *,
+    allocator: Callable[[Plan, int], Callable[[float], list[int]]] | None = None,
 ) -> PruneResult:
-    """Prune `model` in place (channels, heads, hidden units) to `config`'s budget; returns what was done."""
+    """Prune `model` in place (channels, heads, hidden units) to `config`'s budget; returns what was done.
+
+    `allocator(plan, round_to)` may replace the configured allocation with any family of kept
+    counts indexed by a level in [0, max_layer_prune] (used by pruning at initialization)."""
     model.eval()
     x = example_inputs[:1].detach()
     with torch.no_grad():
@@ -100,7 +105,7 @@ def prune_(
         if not plan.groups:
             raise BadInputError("nothing in this model can be pruned safely (no prunable channel groups)")
         try:
-            best, trials = _search(model, x, plan, before, config, check)
+            best, trials = _search(model, x, plan, before, config, check, allocator)
             break
         except _Broken as broken:
             name = broken.name
@@ -127,11 +132,15 @@ def _achieved(config: PruneConfig, best: Trial, after: dict, before: dict) -> fl
     return after[target.kind] / before[target.kind]
 
 
-def _search(model, x, plan: Plan, before, config: PruneConfig, check) -> tuple[Trial, list[Trial]]:
+def _search(model, x, plan: Plan, before, config: PruneConfig, check, allocator=None) -> tuple[Trial, list[Trial]]:
     target = config.parsed_target
     round_to = config.round_to or 1
+    if allocator is not None:
+        alloc = allocator(plan, round_to)
+    else:
+        alloc = lambda level: allocate(plan, level, config.allocation, round_to, config.max_layer_prune)  # noqa: E731
     if target is None:
-        keeps = allocate(plan, config.ratio, config.allocation, round_to, config.max_layer_prune)
+        keeps = alloc(config.ratio)
         trial = Trial(config.ratio, round_to, keeps, 0, 0, 1.0)
         from slimkit.compress.prune.search import build_trial
 
@@ -142,7 +151,8 @@ def _search(model, x, plan: Plan, before, config: PruneConfig, check) -> tuple[T
         best, trials = search_latency(model, x, plan, before, target.ratio, config, roundings, check)
     else:
         stats = layer_stats(model, x)
-        best, trials = search_structural(model, x, plan, stats, before, target.kind, target.ratio, config, round_to, check)
+        best, trials = search_structural(model, x, plan, stats, before, target.kind, target.ratio, alloc,
+                                         config.max_layer_prune, check, round_to)
     if abs(best.ratio / target.ratio - 1) > config.tolerance and not (target.kind == "latency" and best.ratio < target.ratio):
         raise BadInputError(
             f"target {target} is out of reach: the closest measured {target.kind} ratio was {best.ratio:.3f} "

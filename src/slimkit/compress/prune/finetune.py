@@ -83,7 +83,7 @@ def finetune(
             loss.backward()
             opt.step()
             sched.step()
-            step, last = step + 1, float(loss)
+            step, last = step + 1, float(loss.detach())
             if step_hook is not None:
                 step_hook(step, total)
             bar(step, last)

@@ -17,18 +17,12 @@ __all__ = ["count_macs", "count_params", "onnx_session", "ort_runner", "ort_late
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward at batch 1 (conv, linear, matmul, SDPA; each counted once)."""
-    try:
-        from slimkit.profile.counter import count_macs as project_count
-    except ImportError:
-        project_count = None
-    if project_count is not None:
-        return int(project_count(model, example_inputs[:1]).total)
-    from torch.utils.flop_counter import FlopCounterMode
+    """Multiply-accumulates of one forward at batch 1 (slimkit's counter: conv, linear, matmul and
+    attention multiply-accumulates, each counted once; elementwise work is not MACs)."""
+    from slimkit.profile.counter import count_macs as project_count
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(example_inputs[:1])
-    return int(counter.get_total_flops() // 2)  # FlopCounterMode counts a multiply-add as 2 FLOPs
+    with torch.no_grad():
+        return int(project_count(model, example_inputs[:1]).total)
 
 
 def count_params(model: nn.Module) -> int:

@@ -27,6 +27,7 @@ __all__ = ["Trial", "estimate", "search_structural", "search_latency", "build_tr
 
 log = logging.getLogger(__name__)
 INNER_TOLERANCE = 0.02
+MAX_TRIALS = 8
 
 
 @dataclass
@@ -37,7 +38,6 @@ class Trial:
     macs: int
     params: int
     ratio: float  # measured quantity / original
-    model: nn.Module | None = None
 
     def summary(self) -> dict:
         return {"level": round(self.level, 5), "round_to": self.round_to, "ratio": round(self.ratio, 5),
@@ -82,27 +82,42 @@ def _solve(fn: Callable[[float], float], goal: float, hi: float, iters: int = 40
     return hi
 
 
-def search_structural(model, x, plan, stats, base, kind, ratio, cfg, round_to, check) -> tuple[Trial, list[Trial]]:
-    """Find keeps whose measured `kind` (macs | params) ratio is closest to `ratio`."""
+def search_structural(model, x, plan, stats, base, kind, ratio, alloc: Callable[[float], list[int]], max_level: float,
+                      check, round_to: int = 1) -> tuple[Trial, list[Trial]]:
+    """Find the level whose kept channels `alloc(level)` measure closest to `ratio` of `kind` (macs | params)."""
     def est(level: float) -> float:
-        keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
-        return estimate(plan, keeps, stats, base)[kind] / base[kind]
+        return estimate(plan, alloc(level), stats, base)[kind] / base[kind]
 
     goal, trials = ratio, []
-    for _ in range(5):
-        level = _solve(est, goal, cfg.max_layer_prune)
-        keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
-        if trials and keeps == trials[-1].keeps:
-            break
+    lo = hi = None  # (level, measured) bracketing the target: lo measures above it, hi below
+    level = _solve(est, goal, max_level)
+    for _ in range(MAX_TRIALS):
+        keeps = alloc(level)
+        if any(t.keeps == keeps for t in trials):
+            if lo is None or hi is None or hi[0] - lo[0] < 1e-4:
+                break
+            level = (lo[0] + hi[0]) / 2  # the estimate repeats itself: halve the measured bracket
+            keeps = alloc(level)
+            if any(t.keeps == keeps for t in trials):
+                break
         pruned = build_trial(model, x, plan, keeps)
         check(pruned)
         macs, params = count_macs(pruned, x), count_params(pruned)
         measured = (macs if kind == "macs" else params) / base[kind]
         trials.append(Trial(level, round_to, keeps, macs, params, measured))
         log.info("level %.4f -> measured %s ratio %.4f (target %.4f)", level, kind, measured, ratio)
-        if abs(measured / ratio - 1) <= INNER_TOLERANCE or level >= cfg.max_layer_prune and measured > ratio:
+        if abs(measured / ratio - 1) <= INNER_TOLERANCE or (level >= max_level and measured > ratio):
             break
-        goal = min(max(goal * ratio / measured, 1e-3), 1.0)
+        if measured > ratio:
+            lo = (level, measured) if lo is None or level > lo[0] else lo
+        else:
+            hi = (level, measured) if hi is None or level < hi[0] else hi
+        if lo is not None and hi is not None:  # regula falsi on the measured bracket
+            w = (lo[1] - ratio) / max(lo[1] - hi[1], 1e-12)
+            level = min(max(lo[0] + w * (hi[0] - lo[0]), lo[0] + 1e-4), hi[0] - 1e-4)
+        else:  # correct the estimate's goal by the measured miss (secant step)
+            goal = min(max(goal * ratio / measured, 1e-3), 1.0)
+            level = _solve(est, goal, max_level)
     best = min(trials, key=lambda t: (abs(t.ratio / ratio - 1), t.ratio))
     return best, trials
 

@@ -58,7 +58,7 @@ class _GroupScorer:
     expanded, so groups stop at them instead of exploding through a shuffle."""
 
     def __init__(self, model, example_inputs, importance, ignored_layers, num_heads, exempt) -> None:
-        with ShapeRecorder(model) as recorder, tolerant_index_mapping() as unmapped:
+        with torch.enable_grad(), ShapeRecorder(model) as recorder, tolerant_index_mapping() as unmapped:
             self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
         self.unsafe = unsafe_nodes(self.DG, recorder.records, exempt) + sorted(unmapped, key=id)
         for module in self.unsafe:
@@ -257,7 +257,7 @@ def _round_keep(g: GroupPlan, keep: float, round_to: int, max_layer_prune: float
 def apply_plan(model: nn.Module, example_inputs: torch.Tensor, plan: Plan, keeps: list[int]) -> nn.Module:
     """Prune `model` in place so group i keeps keeps[i] slots (highest scores survive)."""
     adapters = analyse_model(model)
-    with tolerant_index_mapping():
+    with torch.enable_grad(), tolerant_index_mapping():
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
         _prune_groups(model, dg, plan, keeps)
     fix_attributes(model, adapters)
@@ -267,13 +267,15 @@ def apply_plan(model: nn.Module, example_inputs: torch.Tensor, plan: Plan, keeps
 def _prune_groups(model: nn.Module, dg, plan: Plan, keeps: list[int]) -> None:
     for g, keep in zip(plan.groups, keeps):
         n_prune = g.size - keep
-        if n_prune <= 0:
-            continue
-        order = torch.argsort(g.imp, stable=True)[:n_prune].tolist()
-        idxs = sorted(i + k * g.size for k in range(g.ch_groups) for i in order)
         module = model.get_submodule(g.root)
         pruner = dg.get_pruner_of_module(module)
         fn = pruner.prune_out_channels if g.out else pruner.prune_in_channels
-        group = dg.get_pruning_group(module, fn, idxs)
-        if dg.check_pruning_group(group):
-            group.prune()
+        order = torch.argsort(g.imp, stable=True).tolist()
+        while n_prune > 0:
+            idxs = sorted(i + k * g.size for k in range(g.ch_groups) for i in order[:n_prune])
+            group = dg.get_pruning_group(module, fn, idxs)
+            if dg.check_pruning_group(group):  # False when some dependent layer would lose every channel
+                group.prune()
+                break
+            log.debug("group %s: %d slots would empty a dependent layer; trying %d", g.root, n_prune, n_prune // 2)
+            n_prune //= 2

@@ -1,0 +1,66 @@
+"""Budgets: allocation maths by hand, rounding, params and latency targets, impossible targets."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from slimkit.compress.prune import PruneConfig, prune_
+from slimkit.compress.prune.structured import GroupPlan, Plan, _round_keep, allocate
+from slimkit.errors import BadInputError
+
+
+def _two_groups(cost1=1.0, cost2=4.0):
+    g1 = GroupPlan("a", True, 1, 4, torch.tensor([1.0, 2.0, 3.0, 4.0]), [], cost1)
+    g2 = GroupPlan("b", True, 1, 4, torch.tensor([1.0, 2.0, 3.0, 5.0]), [], cost2)
+    return Plan([g1, g2])
+
+
+def test_allocation_by_hand():
+    plan = _two_groups()
+    assert allocate(plan, 0.5, "uniform", 1, 0.9) == [2, 2]
+    # global: scores / group mean -> a [.4 .8 1.2 1.6], b [.36 .73 1.09 1.82]; the 4 lowest: b, a, b, a
+    assert allocate(plan, 0.5, "global", 1, 0.9) == [2, 2]
+    # adaptive divides by cost / mean cost (a: 0.4, b: 1.6): a [1 2 3 4], b [.23 .45 .68 1.14] -> b loses 3
+    assert allocate(plan, 0.5, "adaptive", 1, 0.9) == [3, 1]
+    # max_layer_prune=0.5 keeps at least half of every group
+    assert allocate(plan, 0.9, "adaptive", 1, 0.5) == [2, 2]
+
+
+def test_round_keep_units():
+    g = GroupPlan("a", True, 1, 64, torch.ones(64), [])
+    assert _round_keep(g, 30, 8, 0.9) == 32 and _round_keep(g, 3, 8, 0.95) == 8 and _round_keep(g, 63, 8, 0.9) == 64
+    heads = GroupPlan("attn", False, 2, 32, torch.ones(32), [])  # 2 heads: 4 per head makes 8 channels
+    assert _round_keep(heads, 13, 8, 0.9) == 12
+
+
+def _wide():
+    layers, cin = [], 3
+    for w in (32, 64, 64):
+        layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+        cin = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10)).eval()
+
+
+def test_params_target_within_tolerance():
+    model = _wide()
+    result = prune_(model, PruneConfig(target="params=0.4"), torch.randn(1, 3, 16, 16))
+    measured = sum(p.numel() for p in model.parameters()) / result.before["params"]
+    assert abs(measured / 0.4 - 1) <= 0.1 and result.achieved == pytest.approx(measured)
+
+
+def test_impossible_target_raises_and_leaves_model_alone():
+    model = _wide()
+    before = [p.shape for p in model.parameters()]
+    with pytest.raises(BadInputError, match="out of reach"):
+        prune_(model, PruneConfig(target="macs=0.001"), torch.randn(1, 3, 16, 16))
+    assert [p.shape for p in model.parameters()] == before
+
+
+def test_latency_target_chooses_rounding_by_measurement():
+    model = _wide()
+    result = prune_(model, PruneConfig(target="latency=0.7", round_to=None, tolerance=0.5), torch.randn(1, 3, 32, 32))
+    assert {t["round_to"] for t in result.trials} == {1, 8, 16}  # every candidate rounding was timed
+    assert result.round_to in (1, 8, 16)
+    chosen = [t for t in result.trials if t["round_to"] == result.round_to and t["level"] == round(result.level, 5)]
+    assert chosen and result.achieved == pytest.approx(chosen[0]["ratio"], abs=1e-5)  # the measured ratio
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
