@@ -29,9 +29,7 @@ SLOW = [
     ("tv:resnet18", 64, {}),
     ("tv:mobilenet_v3_small", 64, {}),
     ("tv:mobilenet_v3_large", 64, {}),
-    pytest.param("tv:mnasnet0_5", 64, {}, marks=pytest.mark.xfail(strict=True, reason=(
-        "model directories cannot reload torchvision MNASNet even unpruned: safetensors drops the "
-        "state-dict version metadata MNASNet._load_from_state_dict requires"))),
+    ("tv:mnasnet0_5", 64, {}),
     ("tv:efficientnet_b0", 64, {}),
     ("tv:regnet_x_400mf", 64, {}),
     ("tv:regnet_y_400mf", 64, {}),

@@ -156,6 +156,29 @@ def _patch_tensors(model: nn.Module, tensors: dict[str, dict[str, Any]]) -> None
             owner._buffers[attr] = blank
 
 
+def _load_weights(model: nn.Module, weights: Path) -> None:
+    """Load safetensors weights strictly, keeping the state-dict version metadata modules check.
+
+    Some modules (torchvision's MNASNet) refuse a state dict without `_metadata`, which
+    safetensors cannot store; the freshly built model's own metadata is the right one.
+    Tied tensors are saved once, so a missing key is fine when it shares storage with a loaded one.
+    """
+    from collections import OrderedDict
+
+    from safetensors.torch import load_file
+
+    loaded = OrderedDict(load_file(str(weights)))
+    loaded._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    missing, unexpected = model.load_state_dict(loaded, strict=False)
+    if unexpected:
+        raise RuntimeError(f"unexpected tensors: {', '.join(unexpected[:5])}")
+    current = model.state_dict()
+    loaded_ptrs = {current[k].data_ptr() for k in loaded if k in current}
+    untied = [k for k in missing if current[k].data_ptr() not in loaded_ptrs]
+    if untied:
+        raise RuntimeError(f"missing tensors: {', '.join(untied[:5])}")
+
+
 def read_architecture(path: str | Path) -> dict[str, Any]:
     arch_path = Path(path) / ARCH_FILE
     try:
@@ -172,7 +195,6 @@ def read_architecture(path: str | Path) -> dict[str, Any]:
 def load_model_dir(path: str | Path, trust_code: bool = False) -> tuple[nn.Module, ModelInfo]:
     """Rebuild the exact model saved in directory `path`; returns a new model in eval mode."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_model as load_weights
 
     from slimkit.models.resolve import load_model
 
@@ -194,7 +216,7 @@ def load_model_dir(path: str | Path, trust_code: bool = False) -> tuple[nn.Modul
     _patch_tensors(base, arch["tensors"])
     weights = path / WEIGHTS_FILE
     try:
-        load_weights(base, str(weights), strict=True)
+        _load_weights(base, weights)
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise BadInputError(f"cannot load weights {weights}: {exc}") from exc
     base.eval()
