@@ -70,25 +70,21 @@ def test_model_dir_roundtrip_exact_outputs(tmp_path, spec):
 
 
 def test_model_dir_tied_weights(tmp_path):
+    from slimkit.models.modeldir import _load_weights
+    from slimkit.models.resolve import ModelInfo
+
     class Tied(nn.Module):
         def __init__(self):
             super().__init__()
             self.a = nn.Linear(4, 4)
             self.b = nn.Linear(4, 4)
-            self.b.weight = self.a.weight  # saved once by safetensors, restored by tying
+            self.b.weight = self.a.weight  # safetensors stores it once; loading must re-tie it
 
         def forward(self, x):
             return self.b(self.a(x))
 
-    file = tmp_path / "tied.py"
-    file.write_text("import torch.nn as nn\n")
-    model, info = Tied().eval(), None
-    from slimkit.models.resolve import ModelInfo
-
-    info = ModelInfo("timm", "resnet18")  # source is irrelevant here: rebuild the module by hand below
-    from slimkit.models.modeldir import _load_weights
-
-    save_model_dir(model, info, tmp_path / "m")
+    model = Tied().eval()
+    save_model_dir(model, ModelInfo("module", "Tied"), tmp_path / "m")
     other = Tied()
     _load_weights(other, tmp_path / "m" / "model.safetensors")
     x = torch.randn(2, 4)
