@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from quant_helpers import SIZE, depthwise_cnn
+from quant_helpers import SIZE, depthwise_cnn, one_thread  # noqa: F401  (autouse)
 from slimkit.compress.quantize.bias_correction import correct_bias_, quantize_weight, weight_error_shift
 from slimkit.compress.quantize.equalize import ChannelClip, channel_ranges, equalize_
 from slimkit.compress.quantize.fold import fold_batchnorm_

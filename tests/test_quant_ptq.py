@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from quant_helpers import SIZE, FakeClock, digits_tensors, trained
+from quant_helpers import SIZE, FakeClock, digits_tensors, trained, one_thread  # noqa: F401  (autouse)
 from slimkit.compress.quantize.calib import load_quant_data
 from slimkit.compress.quantize.config import PTQConfig
 from slimkit.compress.quantize.graph import OnnxGraph

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from quant_helpers import FakeClock
+from quant_helpers import FakeClock, one_thread  # noqa: F401  (autouse)
 from slimkit.compress.quantize.graph import OnnxGraph
 from slimkit.compress.quantize.ptq import Int8Builder, QuantSettings, prepare_fp32
 from slimkit.compress.quantize.speed_guard import OrtLatency, speed_groups, speed_guard
