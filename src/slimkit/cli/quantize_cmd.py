@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +33,20 @@ def _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop,
         raise BadInputError(f"invalid quantize option: {str(exc).splitlines()[-2].strip() if len(str(exc).splitlines()) > 1 else exc}") from exc
 
 
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    from slimkit.errors import BadInputError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise BadInputError(f"{name} needs comma-separated numbers, got {text!r}") from exc
+    if name == "--std" and any(v <= 0 for v in values):
+        raise BadInputError(f"{name} values must be positive, got {text!r}")
+    return values
+
+
 def quantize(
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (model.onnx, model.int8.onnx, report.json)"),
@@ -52,6 +67,8 @@ def quantize(
     threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads for timing"),
     latency_reps: int = typer.Option(100, "--latency-reps", min=10, help="Timed calls per model in the final fp32/int8 run"),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A ptq config (.json/.yaml) instead of the options"),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Input normalisation mean, e.g. 0.5 or 0.485,0.456,0.406 (default: the model's)"),
+    std: Optional[str] = typer.Option(None, "--std", help="Input normalisation std (default: the model's)"),
     seed: int = typer.Option(0, "--seed", help="Data subset seed"),
 ) -> None:
     """Static int8 (QDQ, ONNX Runtime): verified export, accuracy limit, speed guard, report."""
@@ -70,10 +87,12 @@ def quantize(
                   bias_correction, no_speed_guard, exclude)
     net, info = load_model(model)
     size = parse_input_size(input_size) or tuple(info.input_size)
+    norm_mean, norm_std = _floats(mean, "--mean") or info.mean, _floats(std, "--std") or info.std
     data = load_quant_data(calib_data, size, calib_samples=cfg.calib_samples, val_samples=val_samples,
-                           mean=info.mean, std=info.std, seed=seed)
+                           mean=norm_mean, std=norm_std, seed=seed)
     screen = OrtLatency(size, threads=threads, repetitions=max(20, latency_reps // 3), rounds=5, min_time_s=0.3)
     final = OrtLatency(size, threads=threads, repetitions=latency_reps, rounds=10, min_time_s=2.0)
+    logging.getLogger("slimkit").addHandler(logging.NullHandler())  # warnings are printed below, once
     con = console()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=con, transient=True) as bar:
         task = bar.add_task("quantizing", total=None)
@@ -83,6 +102,7 @@ def quantize(
     save_resolved_args(out, "quantize", {"model": model, "out": str(out), "calib_data": calib_data,
                                          "val_samples": val_samples, "input_size": list(size), "tune": tune,
                                          "threads": threads, "latency_reps": latency_reps, "seed": seed,
+                                         "mean": list(norm_mean), "std": list(norm_std),
                                          "config": cfg.model_dump()})
     _print(con, out, report)
 
@@ -93,7 +113,7 @@ def _print(con, out: Path, r: dict) -> None:
     con.print(f"wrote {out}/model.onnx, model.int8.onnx, report.json", highlight=False, soft_wrap=True)
     con.print(f"latency (ORT, {t['conditions'].get('threads', '?')} thread, batch 1, median of {t['int8']['repetitions']}, "
               f"interleaved): fp32 {lat['fp32']:.3f} ms (iqr {t['fp32']['iqr']:.3f}), int8 {lat['int8']:.3f} ms "
-              f"(iqr {t['int8']['iqr']:.3f}) -> {lat['speedup']:.2f}x [{r['speed_guard']['verdict']}]",
+              f"(iqr {t['int8']['iqr']:.3f}) -> {lat['speedup']:.2f}x ({r['speed_guard']['verdict']})",
               highlight=False, soft_wrap=True)
     if r["accuracy"]:
         a = r["accuracy"]
