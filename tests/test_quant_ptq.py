@@ -162,3 +162,23 @@ def test_config_round_trip(tmp_path):
         load_config(tmp_path / "bad.json")
     with pytest.raises(BadInputError, match="kind"):
         load_config({"method": "minmax"})
+
+
+def test_quantizer_registry():
+    from slimkit.compress.quantize import get_quantizer, list_quantizers, register_quantizer
+    from slimkit.compress.quantize.codebook import codebook_compress
+    from slimkit.compress.quantize.qat import prepare_qat
+    from slimkit.errors import BadInputError
+
+    assert list_quantizers() == ["codebook", "ptq", "qat"]
+    assert get_quantizer("PTQ") is quantize_ptq and get_quantizer("qat") is prepare_qat
+    assert get_quantizer("codebook") is codebook_compress
+    from slimkit.compress.quantize import registry
+
+    register_quantizer("noop")(lambda model, *a, **k: model)
+    try:
+        assert "noop" in list_quantizers() and get_quantizer("noop")(5) == 5
+    finally:
+        registry._QUANTIZERS.pop("noop")
+    with pytest.raises(BadInputError, match="unknown quantizer"):
+        get_quantizer("fp4")

@@ -16,7 +16,7 @@ SWITCH = "auto|on|off"
 
 
 def _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop, no_max_drop, equalize,
-            bias_correction, no_speed_guard, exclude):
+            bias_correction, no_speed_guard, exclude, relu6="skip"):
     from slimkit.compress.quantize.config import PTQConfig, load_config
     from slimkit.errors import BadInputError
 
@@ -28,7 +28,8 @@ def _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop,
     try:
         return PTQConfig(method=method, per_channel=not per_tensor, symmetric_activations=symmetric,
                          calib_samples=calib_samples, max_drop=None if no_max_drop else max_drop, equalize=equalize,
-                         bias_correction=bias_correction, speed_guard=not no_speed_guard, exclude=list(exclude or []))
+                         bias_correction=bias_correction, relu6=relu6, speed_guard=not no_speed_guard,
+                         exclude=list(exclude or []))
     except ValueError as exc:  # pydantic's ValidationError
         raise BadInputError(f"invalid quantize option: {str(exc).splitlines()[-2].strip() if len(str(exc).splitlines()) > 1 else exc}") from exc
 
@@ -60,6 +61,7 @@ def quantize(
     symmetric: bool = typer.Option(False, "--symmetric", help="Symmetric int8 activations (default: asymmetric uint8)"),
     equalize: str = typer.Option("auto", "--equalize", help=f"Cross-layer equalization {SWITCH} (auto: depthwise models)"),
     bias_correction: str = typer.Option("auto", "--bias-correction", help=f"Bias correction {SWITCH}"),
+    relu6: str = typer.Option("skip", "--relu6", help="Equalization across ReLU6: skip (keeps ORT's fused Clip) | clip (exact) | relu"),
     no_speed_guard: bool = typer.Option(False, "--no-speed-guard", help="Skip the search for slow int8 parts"),
     tune: bool = typer.Option(False, "--tune", help="Quantune: surrogate search over method/granularity/scheme/float layers"),
     exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="ONNX node name to keep in float (repeatable)"),
@@ -84,7 +86,7 @@ def quantize(
 
     torch.set_num_threads(max(1, threads))
     cfg = _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop, no_max_drop, equalize,
-                  bias_correction, no_speed_guard, exclude)
+                  bias_correction, no_speed_guard, exclude, relu6)
     net, info = load_model(model)
     size = parse_input_size(input_size) or tuple(info.input_size)
     norm_mean, norm_std = _floats(mean, "--mean") or info.mean, _floats(std, "--std") or info.std
