@@ -5,10 +5,23 @@ from __future__ import annotations
 import copy
 import functools
 
+import pytest
 import torch
 import torch.nn as nn
 
 SIZE = (1, 16, 16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy shared machine cannot oversubscribe it.
+
+    Test modules import this fixture, which makes it autouse there.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def plain_cnn() -> nn.Module:

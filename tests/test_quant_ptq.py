@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from quant_helpers import SIZE, FakeClock, digits_tensors, trained
+from quant_helpers import SIZE, FakeClock, digits_tensors, trained, one_thread  # noqa: F401  (autouse)
 from slimkit.compress.quantize.calib import load_quant_data
 from slimkit.compress.quantize.config import PTQConfig
 from slimkit.compress.quantize.graph import OnnxGraph
@@ -134,3 +134,51 @@ def test_sensitivity_finds_a_damaged_layer_and_keeps_it_float(tmp_path, quant_da
     report = quantize_ptq(model, SIZE, quant_data, cfg, tmp_path / "q", latency=fake_latency())
     assert report["sensitivity"]["needed"] and report["sensitivity"]["drop_all_int8"] > 0.5
     assert "/4/Conv" in report["float_nodes"] and report["accuracy"]["drop"] <= 0.5
+
+
+def test_pipeline_tune_reports_both_counts(tmp_path, quant_data):
+    model = trained("plain")
+    cfg = PTQConfig(calib_samples=128, max_drop=1.0, speed_guard=False)
+    report = quantize_ptq(model, SIZE, quant_data, cfg, tmp_path / "t", tune=True, latency=fake_latency())
+    tune = report["tune"]
+    # 3 methods x 2 granularities x 2 schemes x float_layers in (0, 1, 2, 4): the CNN has 4 weighted layers
+    assert tune["strategy"] == "quantune-gbt" and tune["grid_size"] == 3 * 2 * 2 * 4
+    assert 0 < tune["evaluations"] < tune["grid_size"] and len(tune["trials"]) == tune["evaluations"]
+    best = tune["best"]["config"]
+    assert report["settings"]["method"] == best["method"] and report["settings"]["per_channel"] == best["per_channel"]
+    assert report["accuracy"]["drop"] <= 1.0
+
+
+def test_config_round_trip(tmp_path):
+    from slimkit.compress.quantize.config import load_config
+    from slimkit.errors import BadInputError
+
+    cfg = PTQConfig(method="entropy", per_channel=False, exclude=["/4/Conv"])
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    (tmp_path / "c.json").write_text(cfg.to_json())
+    assert load_config(tmp_path / "c.yaml") == cfg == load_config(tmp_path / "c.json")
+    (tmp_path / "bad.json").write_text('{"kind": "ptq", "method": "magic"}')
+    with pytest.raises(BadInputError, match="method"):
+        load_config(tmp_path / "bad.json")
+    with pytest.raises(BadInputError, match="kind"):
+        load_config({"method": "minmax"})
+
+
+def test_quantizer_registry():
+    from slimkit.compress.quantize import get_quantizer, list_quantizers, register_quantizer
+    from slimkit.compress.quantize.codebook import codebook_compress
+    from slimkit.compress.quantize.qat import prepare_qat
+    from slimkit.errors import BadInputError
+
+    assert list_quantizers() == ["codebook", "ptq", "qat"]
+    assert get_quantizer("PTQ") is quantize_ptq and get_quantizer("qat") is prepare_qat
+    assert get_quantizer("codebook") is codebook_compress
+    from slimkit.compress.quantize import registry
+
+    register_quantizer("noop")(lambda model, *a, **k: model)
+    try:
+        assert "noop" in list_quantizers() and get_quantizer("noop")(5) == 5
+    finally:
+        registry._QUANTIZERS.pop("noop")
+    with pytest.raises(BadInputError, match="unknown quantizer"):
+        get_quantizer("fp4")

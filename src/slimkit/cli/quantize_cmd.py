@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,7 @@ SWITCH = "auto|on|off"
 
 
 def _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop, no_max_drop, equalize,
-            bias_correction, no_speed_guard, exclude):
+            bias_correction, no_speed_guard, exclude, relu6="skip"):
     from slimkit.compress.quantize.config import PTQConfig, load_config
     from slimkit.errors import BadInputError
 
@@ -27,9 +28,24 @@ def _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop,
     try:
         return PTQConfig(method=method, per_channel=not per_tensor, symmetric_activations=symmetric,
                          calib_samples=calib_samples, max_drop=None if no_max_drop else max_drop, equalize=equalize,
-                         bias_correction=bias_correction, speed_guard=not no_speed_guard, exclude=list(exclude or []))
+                         bias_correction=bias_correction, relu6=relu6, speed_guard=not no_speed_guard,
+                         exclude=list(exclude or []))
     except ValueError as exc:  # pydantic's ValidationError
         raise BadInputError(f"invalid quantize option: {str(exc).splitlines()[-2].strip() if len(str(exc).splitlines()) > 1 else exc}") from exc
+
+
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    from slimkit.errors import BadInputError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise BadInputError(f"{name} needs comma-separated numbers, got {text!r}") from exc
+    if name == "--std" and any(v <= 0 for v in values):
+        raise BadInputError(f"{name} values must be positive, got {text!r}")
+    return values
 
 
 def quantize(
@@ -45,6 +61,7 @@ def quantize(
     symmetric: bool = typer.Option(False, "--symmetric", help="Symmetric int8 activations (default: asymmetric uint8)"),
     equalize: str = typer.Option("auto", "--equalize", help=f"Cross-layer equalization {SWITCH} (auto: depthwise models)"),
     bias_correction: str = typer.Option("auto", "--bias-correction", help=f"Bias correction {SWITCH}"),
+    relu6: str = typer.Option("skip", "--relu6", help="Equalization across ReLU6: skip (keeps ORT's fused Clip) | clip (exact) | relu"),
     no_speed_guard: bool = typer.Option(False, "--no-speed-guard", help="Skip the search for slow int8 parts"),
     tune: bool = typer.Option(False, "--tune", help="Quantune: surrogate search over method/granularity/scheme/float layers"),
     exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="ONNX node name to keep in float (repeatable)"),
@@ -52,6 +69,8 @@ def quantize(
     threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads for timing"),
     latency_reps: int = typer.Option(100, "--latency-reps", min=10, help="Timed calls per model in the final fp32/int8 run"),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A ptq config (.json/.yaml) instead of the options"),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Input normalisation mean, e.g. 0.5 or 0.485,0.456,0.406 (default: the model's)"),
+    std: Optional[str] = typer.Option(None, "--std", help="Input normalisation std (default: the model's)"),
     seed: int = typer.Option(0, "--seed", help="Data subset seed"),
 ) -> None:
     """Static int8 (QDQ, ONNX Runtime): verified export, accuracy limit, speed guard, report."""
@@ -67,13 +86,15 @@ def quantize(
 
     torch.set_num_threads(max(1, threads))
     cfg = _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop, no_max_drop, equalize,
-                  bias_correction, no_speed_guard, exclude)
+                  bias_correction, no_speed_guard, exclude, relu6)
     net, info = load_model(model)
     size = parse_input_size(input_size) or tuple(info.input_size)
+    norm_mean, norm_std = _floats(mean, "--mean") or info.mean, _floats(std, "--std") or info.std
     data = load_quant_data(calib_data, size, calib_samples=cfg.calib_samples, val_samples=val_samples,
-                           mean=info.mean, std=info.std, seed=seed)
+                           mean=norm_mean, std=norm_std, seed=seed)
     screen = OrtLatency(size, threads=threads, repetitions=max(20, latency_reps // 3), rounds=5, min_time_s=0.3)
     final = OrtLatency(size, threads=threads, repetitions=latency_reps, rounds=10, min_time_s=2.0)
+    logging.getLogger("slimkit").addHandler(logging.NullHandler())  # warnings are printed below, once
     con = console()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=con, transient=True) as bar:
         task = bar.add_task("quantizing", total=None)
@@ -83,6 +104,7 @@ def quantize(
     save_resolved_args(out, "quantize", {"model": model, "out": str(out), "calib_data": calib_data,
                                          "val_samples": val_samples, "input_size": list(size), "tune": tune,
                                          "threads": threads, "latency_reps": latency_reps, "seed": seed,
+                                         "mean": list(norm_mean), "std": list(norm_std),
                                          "config": cfg.model_dump()})
     _print(con, out, report)
 
@@ -93,7 +115,7 @@ def _print(con, out: Path, r: dict) -> None:
     con.print(f"wrote {out}/model.onnx, model.int8.onnx, report.json", highlight=False, soft_wrap=True)
     con.print(f"latency (ORT, {t['conditions'].get('threads', '?')} thread, batch 1, median of {t['int8']['repetitions']}, "
               f"interleaved): fp32 {lat['fp32']:.3f} ms (iqr {t['fp32']['iqr']:.3f}), int8 {lat['int8']:.3f} ms "
-              f"(iqr {t['int8']['iqr']:.3f}) -> {lat['speedup']:.2f}x [{r['speed_guard']['verdict']}]",
+              f"(iqr {t['int8']['iqr']:.3f}) -> {lat['speedup']:.2f}x ({r['speed_guard']['verdict']})",
               highlight=False, soft_wrap=True)
     if r["accuracy"]:
         a = r["accuracy"]

@@ -7,8 +7,9 @@ the forward works and a model directory (architecture.json) records the true sha
 - attention with a fused `qkv` Linear and `num_heads` (timm Attention and look-alikes): head
   dimensions are pruned alike in every head (Torch-Pruning `num_heads` grouping); afterwards
   `head_dim`, `attn_dim` and `scale` follow the new width.
-- modules that split their input with stored sizes (timm MixedConv2d in MixNet, MobileViT-v2
-  LinearSelfAttention): sizes are re-read from the pruned layers.
+- modules that split their input with stored sizes (timm MixedConv2d in MixNet): sizes are re-read
+  from the pruned layers. Other stored-size splits (MobileViT-v2 LinearSelfAttention's query/key/value
+  split, whose key and value must shrink alike) are left to the channel-safety rules: kept whole.
 - attention variants whose internals Torch-Pruning cannot map (key/value dims with position
   biases, talking heads, multi-scale linear attention, cross-covariance attention, nn.MultiheadAttention):
   protected, i.e. left at full width inside; the rest of the model is still pruned.
@@ -53,10 +54,6 @@ def _is_mixed_conv(m: nn.Module) -> bool:
     return type(m).__name__ == "MixedConv2d" and isinstance(getattr(m, "splits", None), (list, tuple))
 
 
-def _is_linear_self_attention(m: nn.Module) -> bool:
-    return type(m).__name__ == "LinearSelfAttention" and isinstance(getattr(m, "qkv_proj", None), nn.Conv2d)
-
-
 _PROTECTED_CLASS_NAMES = {"LiteMLA", "CrossCovarianceAttn"}
 _PROJECTION_NAMES = {"qkv", "q", "k", "v", "kv", "qkvs", "to_qkv", "qkv_proj", "in_proj_weight", "temperature"}
 
@@ -81,7 +78,7 @@ def analyse_model(model: nn.Module) -> ModelAdapters:
         if _is_fused_qkv_attention(m):
             found.num_heads[m.qkv] = m.num_heads
             found.attention.append(m)
-        elif _is_mixed_conv(m) or _is_linear_self_attention(m):
+        elif _is_mixed_conv(m):
             found.split_owners.append(m)
         elif _needs_protection(m):
             found.protected.append(m)
@@ -129,6 +126,4 @@ def fix_attributes(model: nn.Module, adapters: ModelAdapters) -> None:
             m.splits = [c.in_channels for c in convs]
             m.in_channels = sum(c.in_channels for c in convs)
             m.out_channels = sum(c.out_channels for c in convs)
-        elif _is_linear_self_attention(m):
-            m.embed_dim = (m.qkv_proj.out_channels - 1) // 2
     clear_caches(model)

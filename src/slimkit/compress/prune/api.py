@@ -46,9 +46,18 @@ class PruneResult:
 
 
 class _Broken(Exception):
-    def __init__(self, name: str, message: str) -> None:
+    def __init__(self, names: list[str], message: str) -> None:
         super().__init__(message)
-        self.name = name
+        self.names = names
+
+
+def _same_code(model: nn.Module, bad: nn.Module) -> list[str]:
+    """The failing module, and every module of its class when that class holds only torch.nn layers
+    (the same forward code will break the same way everywhere)."""
+    names = {m: n for n, m in model.named_modules()}
+    leafy = all(type(m).__module__.startswith("torch.nn") for m in bad.modules() if m is not bad)
+    same = [names[m] for m in model.modules() if type(m) is type(bad)] if leafy else []
+    return [names[bad]] + [n for n in same if n != names[bad]]
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
@@ -93,7 +102,7 @@ def prune_(
     def check(pruned: nn.Module) -> None:
         bad, message = locate_failure(pruned, x)
         if bad is not None:
-            raise _Broken(next((n for n, m in pruned.named_modules() if m is bad), ""), message)
+            raise _Broken(_same_code(pruned, bad), message)
         with torch.no_grad():
             shape = tuple(pruned(x).shape)
         clear_caches(pruned)
@@ -108,11 +117,11 @@ def prune_(
             best, trials = _search(model, x, plan, before, config, check, allocator)
             break
         except _Broken as broken:
-            name = broken.name
-            if not name or name in protected:
+            names = [n for n in broken.names if n not in protected]
+            if not names:
                 raise BadInputError(f"pruning breaks the model's forward ({broken}); cannot repair") from broken
-            log.info("forward broke in %s (%s); protecting it", name, broken)
-            protected.append(name)
+            log.info("forward broke in %s (%s); protecting %s", broken.names[0], broken, ", ".join(names))
+            protected.extend(names)
     else:
         raise BadInputError(f"pruning kept breaking the model's forward after protecting {', '.join(protected)}")
     apply_plan(model, x, plan, best.keeps)

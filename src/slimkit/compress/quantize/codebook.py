@@ -162,7 +162,7 @@ def save_codebook(result: CodebookResult, path: str | os.PathLike) -> Path:
 @torch.no_grad()
 def load_codebook_(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load compressed weights from `path` into `model` (same architecture; changed in place)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="np") as fh:
@@ -170,7 +170,7 @@ def load_codebook_(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             if meta.get("format") != FORMAT:
                 raise BadInputError(f"{path} is not a slimkit codebook file")
             arrays = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (OSError, ValueError) as exc:  # safetensors reports corrupt headers as exceptions of these kinds
+    except (OSError, ValueError, SafetensorError) as exc:
         raise BadInputError(f"cannot read codebook file {path}: {exc}") from exc
     bits, state = int(meta["bits"]), {}
     for name, shape in json.loads(meta["layers"]).items():

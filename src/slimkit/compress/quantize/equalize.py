@@ -85,7 +85,7 @@ def _usable(chain: Chain, relu6: str) -> str | None:
 
 
 @torch.no_grad()
-def equalize_(model: nn.Module, relu6: str = "clip", iterations: int = 20, tol: float = 1e-4) -> EqualizeReport:
+def equalize_(model: nn.Module, relu6: str = "clip", iterations: int = 100, tol: float = 1e-4) -> EqualizeReport:
     """Fold batch norms, then equalize conv pairs across layers (model changed in place)."""
     if relu6 not in ("clip", "relu", "skip"):
         raise BadInputError(f"relu6 policy must be clip, relu or skip, got {relu6!r}")

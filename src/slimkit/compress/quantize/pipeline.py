@@ -47,6 +47,7 @@ class _Sources:
         depthwise = has_depthwise(model)
         self.equalize = _switch(config.equalize, depthwise)
         self.bias_correction = _switch(config.bias_correction, depthwise)
+        self.relu6 = config.relu6
         self.builders: dict[bool, Int8Builder] = {}
         self.notes: dict = {"depthwise": depthwise, "equalize": None, "bias_correction": None}
 
@@ -65,9 +66,9 @@ class _Sources:
 
         net = copy.deepcopy(self.model).eval()
         if self.equalize:
-            rep = equalize_(net)
+            rep = equalize_(net, relu6=self.relu6)
             self.notes["equalize"] = {"pairs": len(rep.pairs), "skipped": len(rep.skipped), "folded_bn": rep.folded,
-                                      "sweeps": rep.iterations, "method": "cross-layer equalization (relu6: exact clip)"}
+                                      "sweeps": rep.iterations, "relu6": self.relu6, "method": "cross-layer equalization"}
         if self.bias_correction:
             rep = correct_bias_(net, torch.from_numpy(self.data.calib_x), per_channel=per_channel)
             self.notes["bias_correction"] = {"layers": rep.layers, "per_channel": per_channel,

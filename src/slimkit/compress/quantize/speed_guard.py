@@ -82,10 +82,13 @@ def _se_blocks(g: OnnxGraph) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def speed_groups(g: OnnxGraph, tiny_fraction: float = 0.1) -> dict[str, list[str]]:
-    """Candidate node groups to keep in float, by pattern. Empty groups are dropped."""
+def speed_groups(g: OnnxGraph, tiny_fraction: float = 0.01) -> dict[str, list[str]]:
+    """Candidate node groups to keep in float, by pattern. Empty groups are dropped.
+
+    Tiny layers: weighted layers under `tiny_fraction` of the largest layer's MACs (SE convs, small heads).
+    """
     layers = g.layers()
-    median = float(np.median([l.macs for l in layers])) if layers else 0.0
+    largest = max((l.macs for l in layers), default=0)
     gating = [n.name for n in g.nodes if n.op_type in _GATES]
     gating += [n.name for n in g.nodes if n.op_type == "Mul" and any(
         (p := g.upstream(i)) is not None and p.op_type in _GATES for i in n.input)]
@@ -93,7 +96,7 @@ def speed_groups(g: OnnxGraph, tiny_fraction: float = 0.1) -> dict[str, list[str
         "se_blocks": _se_blocks(g),
         "gating_activations": list(dict.fromkeys(gating)),
         "depthwise_convs": [l.name for l in layers if l.depthwise],
-        "tiny_layers": [l.name for l in layers if l.macs < tiny_fraction * median],
+        "tiny_layers": [l.name for l in layers if l.macs < tiny_fraction * largest],
         "residual_adds": [n.name for n in g.nodes if n.op_type == "Add" and all(i not in g.initializers for i in n.input)],
     }
     return {k: v for k, v in groups.items() if v}

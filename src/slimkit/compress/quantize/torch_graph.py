@@ -20,7 +20,8 @@ __all__ = ["trace", "Chain", "ChannelClip", "conv_bn_pairs", "conv_chains", "act
 log = logging.getLogger(__name__)
 
 _CONVS = (nn.Conv2d, nn.Linear)
-_PASSTHROUGH = (nn.Identity, nn.Dropout)
+# Per-channel ops that commute with a positive per-channel scale: f(x / s) = f(x) / s.
+_PASSTHROUGH = (nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 class ChannelClip(nn.Module):
@@ -37,23 +38,31 @@ class ChannelClip(nn.Module):
 class _Tracer(fx.Tracer):
     """Keeps batch norms (incl. timm's BatchNormAct2d) and timm's no-trace modules as leaves."""
 
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            return True
-        try:
-            from timm.layers._fx import get_notrace_modules
+    def __init__(self, notrace: tuple[type, ...] = ()):
+        super().__init__()
+        self.notrace = notrace
 
-            if isinstance(m, tuple(get_notrace_modules())):
-                return True
-        except ImportError:
-            pass
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, *self.notrace)):
+            return True
         return super().is_leaf_module(m, qualname)
+
+
+def _timm_notrace(model: nn.Module) -> tuple[type, ...]:
+    if not any(type(m).__module__.startswith("timm.") for m in model.modules()):
+        return ()  # importing timm costs seconds; only timm models need its list
+    try:
+        from timm.layers._fx import get_notrace_modules
+
+        return tuple(get_notrace_modules())
+    except ImportError:
+        return ()
 
 
 def trace(model: nn.Module) -> fx.Graph | None:
     """The fx graph of `model` (not changed), or None when it cannot be traced."""
     try:
-        return _Tracer().trace(model)
+        return _Tracer(_timm_notrace(model)).trace(model)
     except Exception as exc:  # data-dependent control flow etc.: callers skip the technique
         log.warning("cannot trace %s with torch.fx (%s); skipping graph-based rewrites", type(model).__name__, exc)
         return None

@@ -2,9 +2,12 @@
 
 Search space: calibration method x weight granularity x activation scheme x how many of the most
 sensitive layers stay float. Each evaluation (build + accuracy + latency) is costly, so after a few
-random configs two scikit-learn GradientBoostingRegressors (accuracy, latency) are fit on what was seen
-and the config with the best predicted outcome is evaluated next, until the budget is spent or
-`patience` evaluations in a row bring no better point. The goal is the stated trade-off: the fastest
+random configs, scikit-learn GradientBoostingRegressors are fit on what was seen: a small bootstrap
+ensemble for accuracy (its spread is the surrogate's uncertainty) and one for latency. The next config
+is the one with the best optimistic outcome (accuracy mean + kappa * spread), so configs near the
+accuracy limit get checked rather than ruled out by a noisy guess. The search stops when no unseen
+config can beat the incumbent even optimistically, after `patience` evaluations without improvement,
+or when the budget is spent. The goal is the stated trade-off: the fastest
 config whose accuracy drop is within `max_drop` (ties: the more accurate); if none is, the most accurate.
 `grid_search` evaluates everything, for comparison; both report their evaluation counts.
 """
@@ -91,11 +94,26 @@ def grid_search(space: TuneSpace, evaluate: Callable[[dict], tuple[float, float]
     return TuneResult(pick_best(trials, reference_accuracy, max_drop), trials, len(trials), "grid", pareto_front(trials))
 
 
-def _utility(acc: np.ndarray, lat: np.ndarray, reference_accuracy: float, max_drop: float) -> np.ndarray:
+def _utility(acc: np.ndarray, lat: np.ndarray, reference_accuracy: float, max_drop: float, scale: float) -> np.ndarray:
     drop = reference_accuracy - acc
-    scale = max(float(np.abs(lat).max()), 1e-12)
     # Feasible configs rank by speed; infeasible ones rank below all of them, by how far they miss.
     return np.where(drop <= max_drop, -lat / scale, -2.0 - (drop - max_drop))
+
+
+def _fit_predict(X: np.ndarray, acc: np.ndarray, lat: np.ndarray, Xq: np.ndarray, seed: int, members: int = 5):
+    """(accuracy mean, accuracy spread, latency) predicted for Xq by gradient-boosted trees."""
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    def gbt(s: int) -> GradientBoostingRegressor:
+        return GradientBoostingRegressor(n_estimators=30, max_depth=2, learning_rate=0.3, random_state=s)
+
+    rng = np.random.default_rng(seed)
+    preds = []
+    for m in range(members):
+        rows = rng.integers(0, len(X), len(X))  # bootstrap resample
+        preds.append(gbt(seed + m).fit(X[rows], acc[rows]).predict(Xq))
+    preds = np.array(preds)
+    return preds.mean(0), preds.std(0), gbt(seed).fit(X, lat).predict(Xq)
 
 
 def tune(
@@ -106,12 +124,12 @@ def tune(
     *,
     budget: int | None = None,
     initial: int = 6,
-    patience: int = 4,
+    patience: int = 10,
+    kappa: float = 3.0,
+    optimistic_stop: bool = True,
     seed: int = 0,
 ) -> TuneResult:
     """Surrogate-guided search; `evaluate(config) -> (accuracy, latency)`."""
-    from sklearn.ensemble import GradientBoostingRegressor
-
     grid = space.grid()
     budget = min(len(grid), budget or math.ceil(len(grid) / 2))
     feats = np.array([space.features(c) for c in grid])
@@ -127,12 +145,15 @@ def tune(
     stale = 0
     while len(seen) < budget and stale < patience:
         idx = sorted(seen)
-        X, acc, lat = feats[idx], np.array([seen[i].accuracy for i in idx]), np.array([seen[i].latency for i in idx])
-        models = [GradientBoostingRegressor(n_estimators=60, max_depth=2, learning_rate=0.2, random_state=seed).fit(X, y)
-                  for y in (acc, lat)]
+        acc, lat = np.array([seen[i].accuracy for i in idx]), np.array([seen[i].latency for i in idx])
         rest = [i for i in range(len(grid)) if i not in seen]
-        util = _utility(models[0].predict(feats[rest]), models[1].predict(feats[rest]), reference_accuracy, max_drop)
+        mean, spread, lat_pred = _fit_predict(feats[idx], acc, lat, feats[rest], seed + len(seen))
+        scale = max(float(np.abs(lat).max()), 1e-12)
+        util = _utility(mean + kappa * spread, lat_pred, reference_accuracy, max_drop, scale)
         before = pick_best(list(seen.values()), reference_accuracy, max_drop)
+        incumbent = _utility(np.array([before.accuracy]), np.array([before.latency]), reference_accuracy, max_drop, scale)
+        if optimistic_stop and util.max() <= incumbent[0]:
+            break  # nothing unseen can beat the incumbent, even optimistically
         after = pick_best(list(seen.values()) + [run(rest[int(np.argmax(util))])], reference_accuracy, max_drop)
         stale = stale + 1 if after is before else 0
     trials = sorted(seen.values(), key=lambda t: t.order)
