@@ -17,9 +17,9 @@ import torch.nn as nn
 
 def tiny(num_classes=10):
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
+        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
 
 tiny.input_size = (3, 16, 16)
 """
@@ -30,7 +30,7 @@ name: tiny
 budget: macs=0.5
 steps:
   - {type: train, params: {epochs: EPOCHS, lr: 0.01}}
-  - {type: prune, params: {criterion: l2, round_to: 4}}
+  - {type: prune, params: {criterion: l2, round_to: 1}}
   - {type: finetune, params: {epochs: 1, lr: 0.005, distill: true}}
   - {type: quantize, params: {max_drop: 5.0, calib_samples: 64, speed_guard: false}}
 """
