@@ -10,7 +10,7 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def digits_cnn(num_classes: int = 10, in_chans: int = 3, width: int = 24) -> nn.Module:
+def digits_cnn(num_classes: int = 10, in_chans: int = 3, width: int = 28) -> nn.Module:
     """A VGG-style CNN: four stages of two 3x3 conv blocks, global pooling, a linear head."""
     widths = [width, width * 2, width * 4, width * 8]
     layers, cin = [], in_chans

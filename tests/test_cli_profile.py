@@ -26,12 +26,12 @@ def test_profile_json_keys_and_exact_macs(tmp_path):
     for key in ("model", "input_size", "params", "macs", "macs_by_type", "elementwise_ops", "peak_activation_bytes",
                 "size_bytes", "latency_ms", "layers", "args", "environment", "throughput"):
         assert key in data
-    # digits_cnn at 32x32: per stage, 2 convs at that stage's resolution; widths 24..192.
-    widths, cin, hw, expected = [24, 48, 96, 192], 3, 32, 0
+    # digits_cnn at 32x32: per stage, 2 convs at that stage's resolution; widths 28..224.
+    widths, cin, hw, expected = [28, 56, 112, 224], 3, 32, 0
     for w in widths:
         expected += hw * hw * w * 9 * (cin + w)
         cin, hw = w, hw // 2
-    expected += 192 * 10
+    expected += 224 * 10
     assert data["macs"] == expected
     assert data["input_size"] == [3, 32, 32]
     assert set(data["latency_ms"]) == {"torch", "onnxruntime"}

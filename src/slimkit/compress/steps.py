@@ -24,6 +24,7 @@ STEPS: dict[str, Callable[..., "StepResult"]] = {}
 # int8 weights take a quarter of fp32's bytes: what a size budget leaves to pruning when a quantize step follows.
 INT8_SIZE_FACTOR = 4.0
 TARGET_MARGIN = 0.95
+INT8_GAIN_MARGIN = 0.7  # a pruned model gains less from int8 than the original: count on 70% of it
 
 
 @dataclass
@@ -86,28 +87,45 @@ def train_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
     return StepResult(model, details={"epochs": result.epochs_completed})
 
 
-def _prune_target(ctx: RunContext, params: dict[str, Any]) -> str:
+def _prune_target(ctx: RunContext, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The pruner's target for this budget, and how it was derived."""
     if params.get("target"):
-        return str(params["target"])
+        return str(params["target"]), {"from": "recipe"}
     budget = ctx.budget
     if budget.kind in ("macs", "params"):
         # Aim a little under: the pruner lands within a few percent of its target, and the budget is a ceiling.
-        return f"{budget.kind}={budget.fraction * TARGET_MARGIN:g}"
+        return f"{budget.kind}={budget.fraction * TARGET_MARGIN:g}", {"from": "budget"}
     if budget.kind == "size":
         factor = INT8_SIZE_FACTOR if ctx.has_quantize else 1.0
-        return f"params={min(0.95, budget.fraction * factor * TARGET_MARGIN):g}"
-    fraction = budget.fraction if budget.fraction is not None else None
-    if fraction is None:  # an absolute latency: convert with the original's measured latency
-        from slimkit.profile.latency import measure_latency
+        return f"params={min(0.95, budget.fraction * factor * TARGET_MARGIN):g}", {"from": "budget", "int8_size_factor": factor}
+    fraction, how = _latency_fraction(ctx), {"from": "budget"}
+    if ctx.has_quantize and params.get("int8_aware", True):
+        # Leave to int8 only the speedup it was just measured to give this model, with a margin.
+        from slimkit.compress.int8_gain import measure_int8_gain
 
-        timing, _ = measure_latency(ctx.original, torch.randn(1, *ctx.input_size), threads=ctx.threads,
-                                    repetitions=30, min_time_s=0.5)
-        base_ms = timing.get("onnxruntime", timing["torch"]).median
-        fraction = budget.absolute_ms / base_ms
-        if not 0.0 < fraction < 1.0:
-            raise BadInputError(f"latency budget {budget} vs baseline {base_ms:.3f} ms: nothing to prune (fraction {fraction:.3f})")
-    # Pruning alone must reach a latency budget in fp32; int8 later is measured, never assumed.
-    return f"latency={fraction:g}"
+        calib_x, _ = ctx.data.train.tensors()
+        gain = measure_int8_gain(ctx.original, ctx.input_size, calib_x[:32].numpy(), ctx.threads)
+        how["int8_gain"] = gain
+        fraction = fraction * max(1.0, gain["gain"] * INT8_GAIN_MARGIN)
+    if fraction >= 0.95:
+        fraction = 0.95
+    return f"latency={fraction:g}", how
+
+
+def _latency_fraction(ctx: RunContext) -> float:
+    budget = ctx.budget
+    if budget.fraction is not None:
+        return budget.fraction
+    # An absolute latency: convert with the original's measured ONNX Runtime latency.
+    from slimkit.profile.latency import measure_latency
+
+    timing, _ = measure_latency(ctx.original, torch.randn(1, *ctx.input_size), threads=ctx.threads,
+                                repetitions=30, min_time_s=0.5)
+    base_ms = timing.get("onnxruntime", timing["torch"]).median
+    fraction = budget.absolute_ms / base_ms
+    if not 0.0 < fraction < 1.0:
+        raise BadInputError(f"latency budget {budget} vs baseline {base_ms:.3f} ms: nothing to prune (fraction {fraction:.3f})")
+    return fraction
 
 
 @register_step("prune")
@@ -115,16 +133,18 @@ def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
     from slimkit.compress.prune import PruneConfig, prune_
     from slimkit.compress.prune.criteria import Calibration, criterion_needs_data
 
-    _check_params("prune", params, {"target", "criterion", "allocation", "round_to", "unstructured", "tolerance"})
-    kwargs = {k: v for k, v in params.items() if k != "target"}
-    config = PruneConfig(target=_prune_target(ctx, params), latency_threads=ctx.threads, seed=ctx.seed, **kwargs)
+    _check_params("prune", params, {"target", "criterion", "allocation", "round_to", "unstructured", "tolerance",
+                                    "int8_aware"})
+    kwargs = {k: v for k, v in params.items() if k not in ("target", "int8_aware")}
+    target, derivation = _prune_target(ctx, params)
+    config = PruneConfig(target=target, latency_threads=ctx.threads, seed=ctx.seed, **kwargs)
     calib = None
     if criterion_needs_data(config.criterion):
         x, y = ctx.data.train.tensors()
         calib = Calibration([(x[i : i + 64], y[i : i + 64]) for i in range(0, min(len(y), 256), 64)])
     ctx.say(f"pruning toward {config.target} ({config.criterion}, round to {config.round_to})")
     result = prune_(model, config, torch.randn(1, *ctx.input_size), calib)
-    return StepResult(model, details={"prune": result.to_dict(), "config": config.to_dict()})
+    return StepResult(model, details={"prune": result.to_dict(), "config": config.to_dict(), "target_from": derivation})
 
 
 @register_step("finetune")
