@@ -18,15 +18,15 @@ FAST = [
     ("tv:shufflenet_v2_x0_5", 64, {}),
     ("tv:squeezenet1_1", 64, {}),
     ("timm:mixnet_s", 64, {}),
-    ("timm:fastvit_t8", 64, {}),
     ("timm:mobilevit_xxs", 64, {}),
     ("timm:efficientvit_b0", 64, {}),
     ("timm:deit_tiny_patch16_224", 64, {"img_size": 64}),
-    ("timm:repvit_m0_9", 64, {}),
     ("timm:convnext_atto", 64, {}),
+    ("tv:resnet18", 64, {}),
 ]
 SLOW = [
-    ("tv:resnet18", 64, {}),
+    ("timm:fastvit_t8", 64, {}),
+    ("timm:repvit_m0_9", 64, {}),
     ("tv:mobilenet_v3_small", 64, {}),
     ("tv:mobilenet_v3_large", 64, {}),
     ("tv:mnasnet0_5", 64, {}),
