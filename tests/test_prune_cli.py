@@ -52,7 +52,8 @@ def test_prune_cli_unstructured_reports_size_not_speed(monkeypatch, tmp_path):
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     un = report["unstructured"]
-    assert un["sparsity"] >= 0.8 and "no speed-up" in un["note"]
+    # The mask removes round(0.8 * n) weights of n: within one weight of 80%.
+    assert un["sparsity"] == pytest.approx(0.8, abs=1e-4) and "no speed-up" in un["note"]
     assert un["file_bytes"]["sparse"]["gzip"] < 0.5 * un["file_bytes"]["dense"]["gzip"]
     assert report["after"]["macs"] == report["before"]["macs"]  # dense MACs do not move
     model, _ = load_model_dir(out, trust_code=True)
