@@ -160,7 +160,7 @@ def bench_model(name: str, args, train_set, test_set, out: Path) -> dict:
     data = QuantData("fashion-mnist", calib_x.numpy(), test_x.numpy(), test_y.numpy())
     work = out / name
     work.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, size, work / "fp32.onnx")
+    export_onnx(model, size, work / "fp32.onnx", check_inputs=calib_x[:2])
     plain = plain_ort_int8(work / "fp32.onnx", work / "plain.int8.onnx", data.calib_x)
     screen = OrtLatency(size, threads=args.threads, repetitions=30, rounds=5, min_time_s=0.5)
     start = time.time()
@@ -236,11 +236,13 @@ def latency_at(model: nn.Module, train_set, args, work: Path) -> dict:
     calib = ImageTensorDataset(train_set.images[:n], train_set.labels[:n], size).tensors()[0].numpy()
     d = work / f"at{args.latency_size}"
     d.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, size, d / "fp32.onnx")
+    # A model trained at 32x32 run at 224x224 is far outside its range (EfficientNet-B0's logits reach ~6e3),
+    # where float32 rounding differences exceed 1e-4 of the output scale: the check runs at 1e-3 here.
+    export_onnx(model, size, d / "fp32.onnx", check_inputs=torch.from_numpy(calib[:2]), atol=1e-3)
     plain = plain_ort_int8(d / "fp32.onnx", d / "plain.int8.onnx", calib)
     screen = OrtLatency(size, threads=args.threads, repetitions=20, rounds=5, min_time_s=1.0)
     report = quantize_ptq(model, size, QuantData("fashion-mnist", calib, calib[:8], None),
-                          PTQConfig(max_drop=None, calib_samples=n, relu6=args.relu6), d / "slimkit", latency=screen,
+                          PTQConfig(max_drop=None, calib_samples=n, relu6=args.relu6, export_atol=1e-3), d / "slimkit", latency=screen,
                           final_latency=screen)
     paths = {"fp32": d / "fp32.onnx", "plain": plain, "slimkit": d / "slimkit" / "model.int8.onnx"}
     timer = OrtLatency(size, threads=args.threads, repetitions=args.big_reps, rounds=args.rounds, min_time_s=args.min_time)
