@@ -139,3 +139,14 @@ def test_export_coverage(tmp_path, spec):
     model, _ = load_model(spec, num_classes=10, **kwargs)
     report = export_onnx(model, (3, 64, 64), tmp_path / "m.onnx")
     assert report.check.passed
+
+
+def test_check_on_given_images(tmp_path):
+    images, net = torch.rand(4, 3, 12, 12), small_net()
+    report = export_onnx(net, (3, 12, 12), tmp_path / "m.onnx", check_inputs=images)
+    assert report.check.passed and report.check.inputs == "given"
+    with torch.no_grad():
+        scale = float(net(images[:2]).abs().max())  # the check ran on exactly these images
+    assert report.check.output_scale == pytest.approx(scale, rel=1e-6)
+    with pytest.raises(BadInputError, match="needs 2 input images"):
+        export_onnx(small_net(), (3, 12, 12), tmp_path / "n.onnx", check_inputs=images[:1])

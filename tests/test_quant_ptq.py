@@ -182,3 +182,15 @@ def test_quantizer_registry():
         registry._QUANTIZERS.pop("noop")
     with pytest.raises(BadInputError, match="unknown quantizer"):
         get_quantizer("fp4")
+
+
+def test_depthwise_model_gets_equalization_and_bias_correction(tmp_path, quant_data):
+    model = trained("dw")
+    report = quantize_ptq(model, SIZE, quant_data, PTQConfig(calib_samples=128, max_drop=1.0), tmp_path / "dw",
+                          latency=fake_latency())
+    pre = report["preprocess"]
+    assert pre["depthwise"] and pre["equalize"]["pairs"] == 4 and pre["bias_correction"]["layers"] == 6
+    assert report["accuracy"]["drop"] <= 1.0 and report["export"]["check"]["passed"]
+    convs = _qdq_convs(tmp_path / "dw" / "model.int8.onnx")
+    float_convs = [n for n in report["float_nodes"] if n.endswith("/Conv")]
+    assert len(convs) == 5 and sum(x_dq and w_int8 for x_dq, w_int8, _ in convs) == 5 - len(float_convs)

@@ -45,6 +45,7 @@ class PTQConfig(_Config):
     bias_correction: Switch = "auto"  # auto: on for models with depthwise convs
     max_drop: float | None = Field(1.0, ge=0.0)  # points of top-1; None: no accuracy-driven fallback
     speed_guard: bool = True
+    export_atol: float = Field(1e-4, gt=0.0, le=0.1)  # fp32 export parity tolerance, relative to max(1, output scale)
     exclude: list[str] = Field(default_factory=list)  # ONNX node names kept in float by the user
 
 

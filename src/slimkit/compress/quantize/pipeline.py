@@ -47,7 +47,8 @@ class _Sources:
         depthwise = has_depthwise(model)
         self.equalize = _switch(config.equalize, depthwise)
         self.bias_correction = _switch(config.bias_correction, depthwise)
-        self.relu6 = config.relu6
+        self.relu6, self.export_atol = config.relu6, config.export_atol
+        self.check_inputs = torch.from_numpy(data.calib_x[:2]) if len(data.calib_x) >= 2 else None
         self.builders: dict[bool, Int8Builder] = {}
         self.notes: dict = {"depthwise": depthwise, "equalize": None, "bias_correction": None}
 
@@ -74,7 +75,8 @@ class _Sources:
             self.notes["bias_correction"] = {"layers": rep.layers, "per_channel": per_channel,
                                              "method": "empirical (weight rounding mean shift on calibration images)"}
         tag = "pc" if per_channel else "pt"
-        export_onnx(net, self.input_size, self.work / f"src-{tag}.onnx")
+        export_onnx(net, self.input_size, self.work / f"src-{tag}.onnx", check_inputs=self.check_inputs,
+                    atol=self.export_atol)
         return prepare_fp32(self.work / f"src-{tag}.onnx", self.work / f"pre-{tag}.onnx")
 
 
@@ -102,7 +104,9 @@ def quantize_ptq(
         work = tmp / ".work"
         work.mkdir()
         say("exporting fp32 (verified against PyTorch)")
-        fp32_report = export_onnx(model, input_size, tmp / "model.onnx")
+        # Representative images for the parity check: random noise can push a trained model far out of range.
+        check = torch.from_numpy(data.calib_x[:2]) if len(data.calib_x) >= 2 else None
+        fp32_report = export_onnx(model, input_size, tmp / "model.onnx", check_inputs=check, atol=config.export_atol)
         fp32_path = tmp / "model.onnx"
         sources = _Sources(model, input_size, data, config, work)
         settings = QuantSettings(config.method, config.per_channel, config.symmetric_activations, config.percentile,
