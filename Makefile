@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The main job on the embedded default: a small CNN trained on digits (64x64), compressed to a quarter of its latency.
 demo: $(STAMP)
-	$(VENV)/bin/slimkit compress examples/digits_cnn.py:digits_cnn --data digits --budget latency=0.2 --set train.epochs=2 --set train.lr=0.003 --set finetune.epochs=1 --out runs/demo --overwrite
+	$(VENV)/bin/slimkit compress examples/digits_cnn.py:digits_cnn --data digits --budget latency=0.2 --set train.epochs=3 --set finetune.epochs=2 --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
