@@ -1,4 +1,4 @@
-"""Params and MACs of the zoo-B families next to the papers' tables (the numbers in docs/zoo_b.md).
+"""Params and MACs of the zoo-B families next to the papers' tables (the numbers in the README zoo section).
 
 For every registered variant: parameters, slimkit's MAC count (conv/linear/matmul/attention,
 each multiply-accumulate once) at the paper's input size, batch 1, eval mode, random init; then

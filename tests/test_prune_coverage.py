@@ -46,7 +46,7 @@ SLOW = [
     ("timm:resnet18", 64, {}),
     ("timm:ghostnetv2_100", 64, {}),
 ]
-# Known limit (see docs/prune.md): its attention (with position biases) is protected and holds most
+# Known limit (see the README pruning section): its attention (with position biases) is protected and holds most
 # of the MACs at this size, so the cut stops near 80%.
 UNREACHABLE = [
     ("timm:tiny_vit_5m_224", 64, {}),

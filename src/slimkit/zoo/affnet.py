@@ -13,7 +13,7 @@ authors' repository (microsoft/TokenMixers, "Adaptive Frequency Filters"); the c
 Counting: the FFTs are not multiply-accumulates of a conv/linear/matmul, so slimkit's counter
 leaves them out; the complex MLP is counted exactly as the 8 real block-diagonal products it is.
 The paper's profiler instead adds ``5 * L * floor(ln L) * C`` per token mixer for the FFT pair and
-``C * C / 2 * L`` for the complex MLP; docs/zoo_b.md reports both ways side by side.
+``C * C / 2 * L`` for the complex MLP; the README zoo section reports both ways side by side.
 
 ONNX: ``torch.fft`` does not export with the TorchScript exporter, so while exporting (and when
 ``export_friendly`` is set, see :func:`set_export_friendly`) the token mixer computes the same

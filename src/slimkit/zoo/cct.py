@@ -24,7 +24,7 @@ Ours / open details:
   no embedding/MLP dropout (``drop_rate`` sets the latter).
 
 Counting: the paper's MACs leave out the two attention matmuls (QK^T and AV): CCT-7/3x1 at 32x32
-is 0.947G counted that way and 1.18G with them; see docs/zoo_a.md.
+is 0.947G counted that way and 1.18G with them; see the README zoo section.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ Details that are ours (the paper leaves them open or we chose differently on pur
 - ``forward_features`` includes the final LayerNorm; ``forward_head`` pools, drops and classifies.
 
 Counting: the paper's FLOPs come from fvcore (``FlopCountAnalysis``), which counts one per
-multiply-accumulate of conv/linear/matmul and also adds norm and pooling work; see docs/zoo_a.md.
+multiply-accumulate of conv/linear/matmul and also adds norm and pooling work; see the README zoo section.
 """
 
 from __future__ import annotations

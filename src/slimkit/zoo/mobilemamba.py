@@ -12,7 +12,7 @@ our own.  B2 and B4 are B1 at 384 and 512 input.
 The selective scan runs in pure PyTorch (:mod:`slimkit.zoo._selective_scan`, chunked, no CUDA
 kernel) and exports to ONNX.  MAC counting: conv/linear MACs are counted by slimkit's counter; the
 scan itself is elementwise work that the paper's fvcore count adds as 9*L*D*N + L*D per scan
-(see ``scan_flops``), reported separately in docs/zoo_b.md.
+(see ``scan_flops``), reported separately in the README zoo section.
 
 Ours where the paper is silent: the Haar filters are fixed buffers (the repository stores them as
 frozen parameters, so its parameter count includes 32*C extra numbers per WTE-Mamba); the

@@ -24,7 +24,7 @@ replace the last blocks of those stages. The backbone is timm's ``mobilenetv2_10
 
 Counting: the paper's MobileNetV2 baseline is the 3.4M / 300M of the MobileNetV2 paper, while
 MobileNetV2-1.0 as built by timm and torchvision has 3.50M parameters (300.8M MACs). The ULSAM
-variants inherit that 3% offset; docs/zoo_a.md compares the reductions like with like.
+variants inherit that 3% offset; the README zoo section compares the reductions like with like.
 """
 
 from __future__ import annotations
