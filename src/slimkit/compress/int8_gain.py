@@ -21,7 +21,7 @@ def measure_int8_gain(model: nn.Module, input_size, calib_x: np.ndarray, threads
     """fp32 / int8 median latency ratio of `model` (unchanged) at batch 1, with both timings."""
     from slimkit.compress.quantize.ptq import QuantSettings, prepare_fp32, quantize_static_qdq
     from slimkit.deploy.onnx_export import export_onnx
-    from slimkit.profile.latency import ort_session
+    from slimkit.deploy.onnx_export import ort_session
     from slimkit.profile.timing import measure_interleaved
 
     with tempfile.TemporaryDirectory(prefix="slimkit-int8-gain-") as tmp:

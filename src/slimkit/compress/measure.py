@@ -42,21 +42,16 @@ def _stage(name: str, model: nn.Module, onnx_path: Path, ctx, tmp: Path, step_ty
             "_macs_by_module": count.self_by_module, "_widths": _widths(model)}
 
 
-def _accuracy(session, x: np.ndarray, y: np.ndarray, batch: int = 64) -> float:
-    name = session.get_inputs()[0].name
-    preds = [session.run(None, {name: x[i : i + batch]})[0].argmax(1) for i in range(0, len(x), batch)]
-    return float((np.concatenate(preds) == y).mean() * 100.0)
-
-
 def _measure(stages: list[dict], ctx) -> dict[str, Any]:
-    from slimkit.profile.latency import ort_session
+    from slimkit.compress.quantize.ort_eval import accuracy
+    from slimkit.deploy.onnx_export import ort_session
     from slimkit.profile.timing import measure_interleaved
 
     x, y = ctx.data.val.tensors()
     x_np, y_np = x.numpy().astype(np.float32), y.numpy()
     sessions = {s["name"]: ort_session(s["onnx"], ctx.threads) for s in stages}
     for s in stages:
-        s["accuracy"] = _accuracy(sessions[s["name"]], x_np, y_np)
+        s["accuracy"] = accuracy(sessions[s["name"]], x_np, y_np)
     one = np.ascontiguousarray(x_np[:1])
     feed_name = {n: sess.get_inputs()[0].name for n, sess in sessions.items()}
     ctx.say(f"timing {len(stages)} models interleaved on ONNX Runtime ({ctx.threads} thread(s))")

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from slimkit.profile.timing import Timing, measure_interleaved
 
-__all__ = ["measure_latency", "matmul_ceiling_gmacs", "ort_session"]
+__all__ = ["measure_latency", "matmul_ceiling_gmacs", "export_for_timing"]
 
 log = logging.getLogger(__name__)
 CEILING_SIZES = (1024, 2048)  # square fp32 matmuls that measure the machine's attainable GMAC/s
@@ -44,16 +44,6 @@ def export_for_timing(model: nn.Module, example: torch.Tensor, path: Path) -> Pa
     return path
 
 
-def ort_session(path: str | Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def measure_latency(
     model: nn.Module,
     example: torch.Tensor,
@@ -68,6 +58,8 @@ def measure_latency(
 
     Returns (timings by runtime, errors by runtime for any runtime that could not run).
     """
+    from slimkit.deploy.onnx_export import ort_session
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     candidates: dict[str, Any] = {}
