@@ -37,6 +37,7 @@ class TrainConfig:
     grad_clip: float | None = None
     seed: int = 0
     bf16: bool = False
+    sync_bn: bool = False  # data-parallel: BatchNorm statistics over the global batch, not each rank's slice
     num_workers: int = 0
     drop_last: bool = False
     eval_batch_size: int = 256
@@ -61,7 +62,7 @@ class TrainConfig:
             setattr(self, name, _as_float(name, getattr(self, name)))
         if self.grad_clip is not None:
             self.grad_clip = _as_float("grad_clip", self.grad_clip)
-        for name in ("bf16", "drop_last"):
+        for name in ("bf16", "drop_last", "sync_bn"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"train config: {name} must be true or false, got {getattr(self, name)!r}")
         for name in ("optimizer", "schedule", "device"):

@@ -17,13 +17,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from slimkit.engine.checkpoint import (CHECKPOINT_FILE, capture_rng, data_fingerprint, load_checkpoint,
                                       restore_checkpoint, save_checkpoint)
 from slimkit.engine.config import TrainConfig
-from slimkit.engine.distributed import DistContext, gather_objects, param_digest, setup_distributed
+from slimkit.engine.distributed import DistContext, gather_objects, param_digest, setup_distributed, sync_buffers_
 from slimkit.engine.evaluate import evaluate
 from slimkit.engine.hooks import Hook, HookList, TrainState
 from slimkit.engine.loop import TrainingDivergedError, default_loss, train_one_epoch
 from slimkit.engine.optim import build_optimizer, build_scheduler
 from slimkit.engine.outputs import finalize_outputs, prepare_out_dir
 from slimkit.engine.progress import LOG_FILE, ProgressBar, RunLog
+from slimkit.engine.sync_bn import convert_sync_batchnorm_, revert_sync_batchnorm_
 from slimkit.errors import BadInputError
 
 __all__ = ["fit", "FitResult", "TrainingDivergedError"]
@@ -82,13 +83,17 @@ def _loader(train: Any, config: TrainConfig, ctx: DistContext) -> tuple[DataLoad
     return loader, sampler
 
 
-def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
+def _wrap(model: nn.Module, ctx: DistContext, sync_bn: bool) -> nn.Module:
     if not ctx.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    if sync_bn and convert_sync_batchnorm_(model):
+        log.info("BatchNorm statistics synchronised over %d ranks", ctx.world_size)
+
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # Buffers are synchronised once per epoch (sync_buffers_), not overwritten by rank 0's at every forward.
+    return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
 
 def _prepare_loss(loss_fn: Any, config: TrainConfig, device: torch.device) -> tuple[Any, list[nn.Parameter]]:
@@ -118,7 +123,7 @@ class _Run:
         self.state = TrainState(model, optimizer, scheduler, config, self.loss_fn, steps_per_epoch=len(self.loader),
                                 rank=ctx.rank, world_size=ctx.world_size)
         self.log = RunLog(self.out_dir / LOG_FILE if self.writes else None)
-        self.net, self.bf16 = _wrap(model, ctx), _bf16_ok(ctx.device, config.bf16)
+        self.net, self.bf16 = _wrap(model, ctx, config.sync_bn), _bf16_ok(ctx.device, config.bf16)
         self.epoch, self.history, self.last_eval = 0, [], {}
         self.progress = progress and ctx.is_main
         self.fingerprint = data_fingerprint(data) if self.writes else None
@@ -170,6 +175,7 @@ class _Run:
             kept = (f"last good checkpoint: {self.out_dir / CHECKPOINT_FILE} (epoch {epoch})"
                     if self.out_dir is not None and epoch else "no checkpoint was written yet")
             raise TrainingDivergedError(f"{exc}; {kept}") from None
+        sync_buffers_(self.model, self.ctx)
         self.last_eval = evaluate(self.model, self.data.val, batch_size=self.config.eval_batch_size,
                                   device=self.ctx.device, bf16=self.bf16)
         record = {"epoch": epoch + 1, **stats.summary(self.ctx), "val_top1": self.last_eval["top1"],
@@ -198,6 +204,7 @@ class _Run:
         self.ctx.barrier()
 
     def finish(self, info: Any, extra: dict[str, Any]) -> FitResult:
+        revert_sync_batchnorm_(self.model)  # the saved and returned model holds plain BatchNorm layers
         self.model.eval()
         metrics = {**self._metrics(), **extra}
         if self.writes:
@@ -269,4 +276,5 @@ def fit(
             run.train()
             return run.finish(info, extra_metrics or {})
     finally:
+        revert_sync_batchnorm_(model)
         ctx.close()

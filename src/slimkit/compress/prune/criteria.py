@@ -42,7 +42,7 @@ def register_criterion(name: str, *, needs_data: bool = False) -> Callable:
     """Register `factory(model, calibration, seed) -> Importance` under `name`."""
 
     def deco(factory: Callable) -> Callable:
-        _CRITERIA[name] = _Entry(factory, needs_data, (factory.__doc__ or "").strip().splitlines()[0])
+        _CRITERIA[name] = _Entry(factory, needs_data, ((factory.__doc__ or "").strip().splitlines() or [""])[0])
         return factory
 
     return deco
