@@ -16,11 +16,12 @@ import torch.nn as nn
 
 from slimkit.compress.budget import Budget
 from slimkit.errors import BadInputError, SlimkitError
+from slimkit.utils.registry import Registry
 
 __all__ = ["RunContext", "StepResult", "register_step", "STEPS"]
 
 log = logging.getLogger(__name__)
-STEPS: dict[str, Callable[..., "StepResult"]] = {}
+STEPS: Registry = Registry("compress step")
 # int8 weights take a quarter of fp32's bytes: what a size budget leaves to pruning when a quantize step follows.
 INT8_SIZE_FACTOR = 4.0
 TARGET_MARGIN = 0.95
@@ -53,11 +54,8 @@ class StepResult:
 
 
 def register_step(name: str) -> Callable:
-    def deco(fn: Callable[..., StepResult]) -> Callable[..., StepResult]:
-        STEPS[name] = fn
-        return fn
-
-    return deco
+    """Register `fn(ctx, model, params, work_dir) -> StepResult`: recipes may then name it as a step type."""
+    return STEPS.register(name)
 
 
 def _check_params(step: str, params: dict[str, Any], allowed: set[str]) -> None:
