@@ -185,6 +185,9 @@ def test_class_mismatch(tmp_path):
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
     out = tmp_path / "run"
     res = cli("compress", tmp_path / "ckpt", "--recipe", recipe, "--data", f"imagefolder:{tmp_path / 'imgs'}", "--out", out)
+    assert res.returncode == 2 and "trust_code" in res.stderr and not out.exists()  # built from user code
+    res = cli("compress", tmp_path / "ckpt", "--recipe", recipe, "--data", f"imagefolder:{tmp_path / 'imgs'}", "--out", out,
+              "--trust-code")
     assert res.returncode == 2 and "predicts 10 classes" in res.stderr and not out.exists()
 
 

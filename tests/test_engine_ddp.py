@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from slimkit.cli.main import main
 from slimkit.data import load_data
 from slimkit.engine import TrainConfig, fit
-from slimkit.engine.distributed import param_digest, strip_nproc
+from slimkit.cli._training import strip_nproc
+from slimkit.engine.distributed import param_digest
 from slimkit.models import load_model
 
 NETS = '''

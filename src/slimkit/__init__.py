@@ -1,5 +1,9 @@
 """slimkit: get a vision model under a budget with the least accuracy lost, and report the truth.
 
+One verb per technique: `prune_(model, PruneConfig)`, `distill(student, teachers, DistillConfig, data=...)`,
+`quantize(model, PTQConfig | QATConfig | CodebookConfig) -> QuantizedModel`, and
+`compress(model, recipe, budget, out_dir=...)` chaining them toward a budget.
+
 The top-level names are imported lazily so `import slimkit` stays fast; torch,
 timm, onnxruntime and matplotlib load only when a function that needs them runs.
 """
@@ -24,7 +28,18 @@ _LAZY = {
     "fit": "slimkit.engine",
     "evaluate": "slimkit.engine",
     "TrainConfig": "slimkit.engine",
+    # one verb per technique, each with its config
+    "prune_": "slimkit.compress.prune",
+    "PruneConfig": "slimkit.compress.prune",
+    "distill": "slimkit.compress.distill",
+    "DistillConfig": "slimkit.compress.distill",
+    "quantize": "slimkit.compress.quantize",
+    "QuantizedModel": "slimkit.compress.quantize",
+    "PTQConfig": "slimkit.compress.quantize",
+    "QATConfig": "slimkit.compress.quantize",
+    "CodebookConfig": "slimkit.compress.quantize",
     "compress": "slimkit.compress.pipeline",
+    "load_recipe": "slimkit.compress.recipe",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,40 +1,46 @@
-"""Shared by `slimkit train` and `slimkit distill`: config from flags, data + model resolution, torchrun launch."""
+"""Shared by `slimkit train` and `slimkit distill`: the torchrun relaunch and the summary line.
+
+`--nproc N` re-runs the same command line under torch.distributed.run; each child joins
+the process group in fit(). Configs, models and data come from the library (slimkit.engine.setup).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from slimkit.errors import BadInputError
+from slimkit.errors import BadInputError, SlimkitError
 
-__all__ = ["resolve_config", "load_student", "load_weights_into", "relaunch_if_needed", "summary_line", "is_main_rank"]
+__all__ = ["resolve_config", "load_student", "relaunch_if_needed", "summary_line", "is_main_rank", "strip_nproc",
+           "launch_torchrun"]
+
+log = logging.getLogger(__name__)
+
+
+# The library functions load torch: imported on call, so `slimkit --help` stays quick.
+def resolve_config(*args: Any, **kwargs: Any):
+    from slimkit.engine.setup import resolve_config as resolve
+
+    return resolve(*args, **kwargs)
+
+
+def load_student(*args: Any, **kwargs: Any):
+    from slimkit.engine.setup import load_student as load
+
+    return load(*args, **kwargs)
 
 
 def is_main_rank() -> bool:
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def resolve_config(config_file: Path | None, flags: dict[str, Any], resume_from: Path | None = None):
-    """A TrainConfig from --config (YAML/JSON), or when resuming the checkpoint's, with the given flags on top."""
-    from slimkit.engine import TrainConfig
-    from slimkit.engine.checkpoint import CHECKPOINT_FILE, read_checkpoint_config
-
-    if config_file is not None:
-        base = TrainConfig.load(config_file)
-    elif resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).is_file():
-        base = TrainConfig.from_dict(read_checkpoint_config(Path(resume_from) / CHECKPOINT_FILE))
-    else:
-        base = TrainConfig()
-    return base.replace(**flags)
 
 
 def relaunch_if_needed(nproc: int | None, command: str) -> bool:
     """With --nproc N > 1 outside torchrun, run this same command line under torchrun; True if it did."""
-    from slimkit.engine.distributed import in_torchrun, launch_torchrun
+    from slimkit.engine.distributed import in_torchrun
 
     if nproc is None or nproc == 1 or in_torchrun():
         return False
@@ -47,63 +53,52 @@ def relaunch_if_needed(nproc: int | None, command: str) -> bool:
     return True
 
 
-def _data_format(info: Any, bundle: Any, input_size: tuple | None, keep_model_format: bool) -> tuple:
-    size = tuple(input_size) if input_size is not None else tuple(info.input_size)
-    if keep_model_format:  # a trained or pretrained model keeps the normalisation it learned with
-        return size, tuple(info.mean), tuple(info.std)
-    return size, tuple(bundle.mean), tuple(bundle.std)
-
-
-def _reformat(bundle: Any, size: tuple, mean: tuple, std: tuple) -> Any:
-    from slimkit.data import ImageTensorDataset
-
-    make = lambda ds: ImageTensorDataset(ds.images, ds.labels, size, mean, std)  # noqa: E731
-    return dataclasses.replace(bundle, train=make(bundle.train), val=make(bundle.val), input_size=size,
-                               mean=mean, std=std)
-
-
-def load_student(spec: str, *, data: str, input_size: str | None, train_samples: int | None,
-                 val_samples: int | None, seed: int, trust_code: bool, pretrained: bool = False,
-                 weights: Path | None = None, data_seed: int = 0) -> tuple[Any, Any, Any]:
-    """(model, ModelInfo, DataBundle): classes come from the data, the input format from the model or --input-size."""
-    import torch
-
-    from slimkit.data import load_data
-    from slimkit.models import is_model_dir, load_model, load_model_dir
-    from slimkit.utils.parse import parse_input_size
-
-    size = parse_input_size(input_size) if input_size else None
-    bundle = load_data(data, size or (3, 32, 32), train_samples=train_samples, val_samples=val_samples,
-                       seed=data_seed)
-    if is_model_dir(spec):
-        model, info = load_model_dir(spec, trust_code=trust_code)
-        if info.num_classes is not None and info.num_classes != bundle.num_classes:
-            raise BadInputError(f"{spec} has {info.num_classes} classes but {data} has {bundle.num_classes}")
-        keep = True
-    else:
-        torch.manual_seed(seed)  # the initial weights depend only on the seed
-        in_chans = size[0] if size is not None and size[0] != 3 else None
-        model, info = load_model(spec, num_classes=bundle.num_classes, in_chans=in_chans, pretrained=pretrained,
-                                 trust_code=trust_code)
-        keep = pretrained
-    if weights is not None:
-        load_weights_into(model, weights)
-    size, mean, std = _data_format(info, bundle, size, keep)
-    return model, info, _reformat(bundle, size, mean, std)
-
-
-def load_weights_into(model: Any, path: Path) -> None:
-    """Initial weights from a .safetensors or torch file (never unpickling code)."""
-    from slimkit.engine import load_state_file
-
-    state = load_state_file(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise BadInputError(f"weights {path} do not fit the model: {str(exc).splitlines()[0]}") from exc
-
-
 def summary_line(result: Any, out: Path) -> str:
     m = result.metrics
     return (f"val top-1 {m['accuracy']:.4f}  top-5 {m['top5']:.4f}  loss {m['val_loss']:.4f}  "
             f"after {m['epochs_completed']} epoch(s) -> {out}")
+
+
+def strip_nproc(argv: Sequence[str]) -> list[str]:
+    """The command line without its --nproc option (the children must not launch again)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        out.append(arg)
+    return out
+
+
+def _first_error_line(stderr: str) -> str | None:
+    for line in stderr.splitlines():
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    return None
+
+
+def launch_torchrun(argv: Sequence[str], nproc: int) -> None:
+    """Run `slimkit ARGV` in `nproc` processes via torch.distributed.run; raise SlimkitError on failure."""
+    if nproc < 1:
+        raise BadInputError(f"--nproc must be >= 1, got {nproc}")
+    env = dict(os.environ)
+    # Split the cores between the ranks rather than letting each one claim them all.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+           f"--nproc-per-node={nproc}", "-m", "slimkit.cli.main", *strip_nproc(argv)]
+    log.info("launching: %s", " ".join(cmd))
+    proc = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    if proc.returncode == 0:
+        if proc.stderr:
+            sys.stderr.write(proc.stderr)
+        return
+    message = _first_error_line(proc.stderr)
+    if message is None:
+        tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or ["no output"]
+        message = f"distributed run failed with exit code {proc.returncode}: {tail[0]}"
+    raise SlimkitError(message)

@@ -25,6 +25,7 @@ def compress_command(
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run after its last completed step"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code"),
 ) -> None:
     """Compress MODEL toward a budget with a recipe; writes a deployable model and an honest report."""
     from slimkit.compress.budget import parse_budget
@@ -42,9 +43,9 @@ def compress_command(
             status.update(message)
             con.log(message)
 
-        report = compress(model, out, chosen, data=data, budget=budget, input_size=size, train_samples=train_samples,
-                          val_samples=val_samples, threads=threads, seed=seed, resume=resume, overwrite=overwrite,
-                          say=say)
+        report = compress(model, chosen, budget, out_dir=out, data=data, input_size=size, trust_code=trust_code,
+                          train_samples=train_samples, val_samples=val_samples, threads=threads, seed=seed,
+                          resume=resume, overwrite=overwrite, say=say)
     save_resolved_args(out, "compress", {"model": model, "recipe": chosen.model_dump(), "data": data,
                                          "budget": report["budget"], "input_size": size, "train_samples": train_samples,
                                          "val_samples": val_samples, "threads": threads, "seed": seed})

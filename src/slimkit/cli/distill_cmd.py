@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
@@ -13,8 +13,6 @@ from slimkit.cli.common import DATA_OPT, INPUT_SIZE_OPT, MODEL_HELP, TRAIN_SAMPL
 from slimkit.errors import BadInputError
 
 __all__ = ["register"]
-
-METHODS = ("kd", "feature", "dml")
 
 
 def distill(
@@ -56,99 +54,39 @@ def distill(
     """Train STUDENT with knowledge distillation from --teacher model(s); OUT ends as the student's model directory."""
     args = dict(locals())
     cfg = resolve_config(config, {k: args[k] for k in T.TRAIN_FLAGS}, resume_from=out if resume else None)
-    _check_method_args(method, teacher, teacher_weight, feature_layer)
+    method_cfg = _distill_config(method, teacher, teacher_weight, temperature, alpha, beta, feature_layer)
     if relaunch_if_needed(nproc, "distill"):
         return
     from slimkit.cli.common import console, save_resolved_args
-    from slimkit.engine import fit
+    from slimkit.compress.distill import distill as run_distill
+    from slimkit.compress.distill.api import load_teacher
     from slimkit.engine.outputs import prepare_out_dir
 
     prepare_out_dir(out, resume=resume, overwrite=overwrite, write=False)  # fail before any heavy loading
     net, info, bundle = load_student(student, data=data, input_size=input_size, train_samples=train_samples,
                                      val_samples=val_samples, seed=cfg.seed, trust_code=trust_code, weights=weights)
-    teachers = [_load_teacher(spec, bundle, trust_code, trainable=(method == "dml")) for spec in teacher]
-    if method == "dml" and not teachers:
-        import torch
-
-        torch.manual_seed(cfg.seed + 1)  # a peer of the same architecture with different initial weights
+    teachers = [load_teacher(spec, bundle, trust_code=trust_code, trainable=(method == "dml")) for spec in teacher]
+    if method == "dml" and not teachers:  # a peer of the same architecture with different initial weights
         teachers = [load_student(student, data=data, input_size=input_size, train_samples=train_samples,
                                  val_samples=val_samples, seed=cfg.seed + 1, trust_code=trust_code)[:2]]
-    loss = _build_loss(method, net, teachers, bundle, teacher_weight, temperature, alpha, beta, feature_layer)
-    extra = {"distillation": {"method": loss.method, "teachers": list(teacher), **_loss_settings(loss)}}
-    if method != "dml":
-        extra["distillation"]["teacher_accuracy"] = [_own_format_accuracy(m, i, bundle) for m, i in teachers]
-    prepare_out_dir(out, resume=resume, overwrite=overwrite, write=is_main_rank())
+    # distill() builds the loss (feature layers checked) before fit() creates OUT: a bad input writes nothing.
+    result = run_distill(net, teachers, method_cfg, data=bundle, train=cfg, out_dir=out, resume=resume,
+                         overwrite=overwrite, info=info, teacher_names=list(teacher))
     if is_main_rank():
         save_resolved_args(out, "distill", {**args, "config": cfg.to_dict(), "input_size": bundle.input_size,
                                             "num_classes": bundle.num_classes})
-    result = fit(net, bundle, cfg, out_dir=out, resume=resume, overwrite=overwrite, info=info, loss_fn=loss,
-                 extra_metrics=extra)
-    if method == "dml" and is_main_rank():
-        _save_peer(loss.peer, teachers[0][1], bundle, out)
-    if is_main_rank():
         console().print(summary_line(result, out))
 
 
-def _check_method_args(method: str, teachers: list, weights: list, layers: list) -> None:
+def _distill_config(method: str, teachers: list, weights: list, temperature, alpha, beta, layers: list):
+    """The DistillConfig of the flags, checked before anything is loaded."""
+    from slimkit.compress.distill.api import METHODS, DistillConfig, check_teachers
+
     if method not in METHODS:
         raise BadInputError(f"unknown --method {method!r}; choose from {', '.join(METHODS)}")
-    if method != "dml" and not teachers:
-        raise BadInputError(f"--method {method} needs at least one --teacher")
-    if weights and len(weights) != len(teachers):
-        raise BadInputError(f"{len(weights)} --teacher-weight values for {len(teachers)} --teacher models")
-    if method != "kd" and (len(teachers) > 1 or weights):
-        raise BadInputError(f"--method {method} takes one --teacher; several teachers work with --method kd")
-    if layers and method != "feature":
-        raise BadInputError("--feature-layer only applies to --method feature")
-
-
-def _load_teacher(spec: str, bundle: Any, trust_code: bool, trainable: bool) -> tuple[Any, Any]:
-    """(model, info) of a teacher, checked to predict the data's classes."""
-    import torch
-
-    from slimkit.engine.evaluate import logits_of
-    from slimkit.models import load_model
-
-    model, info = load_model(spec, trust_code=trust_code, num_classes=None)
-    if info.num_classes is not None and info.num_classes != bundle.num_classes:
-        raise BadInputError(f"teacher {spec} has {info.num_classes} classes but the student and "
-                            f"{bundle.name} have {bundle.num_classes}")
-    x = torch.zeros(2, *info.input_size)
-    with torch.no_grad():
-        classes = logits_of(model.eval()(x)).shape[1]
-    if classes != bundle.num_classes:
-        raise BadInputError(f"teacher {spec} predicts {classes} classes but the student and "
-                            f"{bundle.name} have {bundle.num_classes}")
-    if trainable:
-        model.train()
-    return model, info
-
-
-def _build_loss(method, student, teachers, bundle, weights, temperature, alpha, beta, layers):
-    from slimkit.compress.distill import FeatureKD, FrozenTeacher, LogitKD, MultiTeacherKD, MutualLearning
-
-    fmt = (bundle.input_size, bundle.mean, bundle.std)
-    frozen = [FrozenTeacher(m, fmt, (tuple(i.input_size), tuple(i.mean), tuple(i.std))) for m, i in teachers]
-    kd_kw = {"temperature": 4.0 if temperature is None else temperature, "alpha": 0.5 if alpha is None else alpha}
-    if method == "dml":
-        return MutualLearning(teachers[0][0], temperature=temperature or 1.0, alpha=1.0 if alpha is None else alpha)
-    if method == "feature":
-        pairs = [_pair(p) for p in layers] or None
-        example = bundle.train.transform(bundle.train.images[:2])
-        return FeatureKD(student, frozen[0], example, pairs=pairs, beta=beta,
-                         alpha=0.0 if alpha is None else alpha, temperature=kd_kw["temperature"])
-    if len(frozen) == 1 and not weights:
-        return LogitKD(frozen[0], **kd_kw)
-    return MultiTeacherKD(frozen, weights or None, **kd_kw)
-
-
-def _own_format_accuracy(model: Any, info: Any, bundle: Any) -> float:
-    """A teacher's val top-1 with the input size and normalisation it was trained with."""
-    from slimkit.data import ImageTensorDataset
-    from slimkit.engine import evaluate
-
-    val = ImageTensorDataset(bundle.val.images, bundle.val.labels, info.input_size, info.mean, info.std)
-    return evaluate(model, val)["top1"]
+    config = DistillConfig(method, temperature, alpha, beta, list(weights), [_pair(p) for p in layers])
+    check_teachers(config, len(teachers), noun="--teacher")
+    return config
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -156,24 +94,6 @@ def _pair(text: str) -> tuple[str, str]:
     if not sep or not student or not teacher:
         raise BadInputError(f"--feature-layer wants STUDENT_LAYER:TEACHER_LAYER, got {text!r}")
     return student, teacher
-
-
-def _loss_settings(loss: Any) -> dict[str, Any]:
-    keys = ("temperature", "alpha", "beta", "weights", "pairs")
-    return {k: getattr(loss, k) for k in keys if hasattr(loss, k)}
-
-
-def _save_peer(peer: Any, info: Any, bundle: Any, out: Path) -> None:
-    from slimkit.engine import evaluate
-    from slimkit.engine.outputs import model_info_for
-    from slimkit.models import save_model_dir
-    from slimkit.utils.io import atomic_write_json
-
-    peer.eval()
-    save_model_dir(peer, model_info_for(peer, info, bundle), out / "peer")
-    result = evaluate(peer, bundle.val)
-    atomic_write_json(out / "peer" / "metrics.json", {"accuracy": result["top1"], "top5": result["top5"],
-                                                     "val_loss": result["loss"], "role": "dml peer"})
 
 
 def register(app: typer.Typer) -> None:

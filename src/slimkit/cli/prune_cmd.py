@@ -1,4 +1,5 @@
-"""`slimkit prune MODEL --target macs=0.5 --out DIR`: prune to a budget, write a reloadable model directory."""
+"""`slimkit prune MODEL --target macs=0.5 --out DIR [--schedule iterative|lapp|precrop]`: prune to a budget,
+write a reloadable model directory. The command parses; `prune_` (through PruneJob) does the work."""
 
 from __future__ import annotations
 
@@ -23,10 +24,14 @@ def prune_command(
     unstructured: Optional[float] = typer.Option(None, "--unstructured", help="Extra weight sparsity 0..1 (gradual if --epochs)"),
     unstructured_scope: Optional[str] = typer.Option(None, "--unstructured-scope", help="global (default) | layer | lamp"),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A PruneConfig JSON file (flags override it)"),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="oneshot (default) | iterative | lapp | precrop"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="iterative: prune -> train stages (default 3)"),
     data: Optional[str] = typer.Option(None, "--data", help=DATA_OPT.help),
-    epochs: float = typer.Option(0.0, "--epochs", min=0.0, help="Fine-tune epochs after pruning (needs --data)"),
-    lr: float = typer.Option(0.01, "--lr", min=0.0, help="Fine-tune learning rate"),
-    kd: bool = typer.Option(False, "--kd", help="Distil from the unpruned model while fine-tuning"),
+    epochs: Optional[float] = typer.Option(None, "--epochs", min=0.0,
+                                           help="Training epochs in all, fractions allowed (needs --data): after "
+                                                "pruning, over the iterative stages, or during LAPP"),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Training learning rate (SGD, default 0.01)"),
+    kd: bool = typer.Option(False, "--kd", help="Distil from the unpruned model while training"),
     input_size: Optional[str] = INPUT_SIZE_OPT,
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Classifier size (default: the data's)"),
     train_samples: Optional[int] = TRAIN_SAMPLES_OPT,

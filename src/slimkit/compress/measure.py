@@ -88,15 +88,13 @@ def _public(stage: dict) -> dict:
 
 
 def _collect(ctx, recipe, tmp: Path) -> list[dict]:
-    from slimkit.models import load_model_dir
-
     stages = [_stage("baseline", ctx.original, None, ctx, tmp, "baseline")]
     for index, step in enumerate(recipe.steps):
         name = f"{index:02d}-{step.label}"
         if step.type == "train":
             continue
         step_dir = ctx.out_dir / "steps" / name
-        model, _ = load_model_dir(step_dir / "model", trust_code=True)
+        model = ctx.reload(step_dir / "model")
         meta = json.loads((step_dir / "step.json").read_text())
         onnx = step_dir / meta["onnx"] if meta.get("onnx") else None
         stage = _stage(name, model, onnx, ctx, tmp, step.type)

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 
 from slimkit.compress.budget import Budget, parse_budget
-from slimkit.compress.recipe import Recipe
-from slimkit.compress.steps import STEPS, RunContext, StepResult
+from slimkit.compress.recipe import STEPS, Recipe
+from slimkit.compress.steps import RunContext, StepResult
 from slimkit.errors import BadInputError
 from slimkit.utils.io import atomic_dir, atomic_write_json
 
@@ -30,6 +31,7 @@ __all__ = ["compress", "INCOMPLETE_MARKER", "STATE_FILE"]
 log = logging.getLogger(__name__)
 INCOMPLETE_MARKER = "INCOMPLETE"
 STATE_FILE = "state.json"
+
 
 
 def _step_dirname(index: int, label: str) -> str:
@@ -87,14 +89,12 @@ def _save_step(out_dir: Path, name: str, result: StepResult, ctx: RunContext, wo
 
 
 def _run_steps(recipe: Recipe, ctx: RunContext, model: torch.nn.Module, state: dict) -> torch.nn.Module:
-    from slimkit.models import load_model_dir
-
     done = {entry["name"] for entry in state["completed"]}
     for index, step in enumerate(recipe.steps):
         name = _step_dirname(index, step.label)
         step_dir = ctx.out_dir / "steps" / name
         if name in done:
-            model, _ = load_model_dir(step_dir / "model", trust_code=True)
+            model = ctx.reload(step_dir / "model")
             ctx.say(f"step {name}: already complete, reloaded")
         else:
             work = ctx.out_dir / ".work" / name
@@ -110,13 +110,15 @@ def _run_steps(recipe: Recipe, ctx: RunContext, model: torch.nn.Module, state: d
 
 
 def compress(
-    model_spec: str,
-    out_dir: str | Path,
-    recipe: Recipe,
-    *,
-    data: str = "digits",
+    model: str | nn.Module,
+    recipe: Recipe | str = "default",
     budget: str | None = None,
+    *,
+    out_dir: str | Path,
+    data: str = "digits",
     input_size: tuple[int, int, int] | None = None,
+    info: Any = None,
+    trust_code: bool = False,
     train_samples: int | None = None,
     val_samples: int | None = None,
     threads: int = 1,
@@ -125,44 +127,79 @@ def compress(
     overwrite: bool = False,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Compress the model named by `model_spec` (a new model is built) into `out_dir`; returns report.json."""
-    from slimkit.compress.measure import build_report
-    from slimkit.data import load_data
+    """Compress `model` toward `budget` with `recipe` into `out_dir`; returns report.json's content.
 
+    `model`: an nn.Module (changed in place: trained, pruned...; give a copy to keep yours), or a
+    spec (timm:NAME, tv:NAME, a model directory, path/to/file.py:factory; a new model is built).
+    Naming a .py file trusts it; a model directory built from user code needs `trust_code=True`.
+    `recipe`: a Recipe, a built-in recipe name or a YAML/JSON file; `budget` defaults to the recipe's.
+    """
+    from slimkit.compress.measure import build_report
+    from slimkit.compress.recipe import load_recipe
+
+    recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     budget_obj = parse_budget(budget or recipe.budget or "latency=0.25")
     out_dir = Path(out_dir)
-    ctx, model = _prepare(model_spec, out_dir, recipe, data, budget_obj, input_size, train_samples, val_samples,
-                          threads, seed, say or (lambda m: log.info(m)))
-    settings = {"model": model_spec, "recipe": recipe.model_dump(), "data": data, "budget": str(budget_obj),
+    ctx, model = _prepare(model, out_dir, recipe, data, budget_obj, input_size, info, trust_code, train_samples,
+                          val_samples, threads, seed, say or (lambda m: log.info(m)))
+    settings = {"model": ctx.info.spec if isinstance(ctx.info.spec, str) else str(ctx.info.spec),
+                "recipe": recipe.model_dump(), "data": data, "budget": str(budget_obj),
                 "input_size": list(ctx.input_size), "train_samples": train_samples, "val_samples": val_samples,
                 "threads": threads, "seed": seed}
     state = _load_state(out_dir, settings, resume, overwrite)
-    if ctx.trained:
-        ctx.original = copy.deepcopy(model).eval()
+    if ctx.trained or not any(step.type == "train" for step in recipe.steps):
+        ctx.original = copy.deepcopy(model).eval()  # the baseline (and teacher) is the model as given
     _run_steps(recipe, ctx, model, state)
     report = build_report(ctx, recipe, state)
     (out_dir / INCOMPLETE_MARKER).unlink(missing_ok=True)
     return report
 
 
-def _prepare(spec, out_dir, recipe, data_spec, budget, input_size, train_samples, val_samples, threads, seed, say):
-    from slimkit.data import load_data
-    from slimkit.models import is_model_dir, load_model
+def _module_info(model: nn.Module, info: Any, input_size: tuple | None) -> Any:
+    """The ModelInfo of an in-memory model: the caller's, or one naming its class (rebuilt from the model itself)."""
+    from slimkit.models import ModelInfo
 
-    probe, info = load_model(spec, trust_code=True)
+    if info is not None:
+        return copy.deepcopy(info)
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = input_size or cfg.get("input_size") or getattr(model, "input_size", None)
+    if size is None:
+        raise BadInputError("compress needs the input size of an in-memory model: pass input_size=(C, H, W)")
+    return ModelInfo(source="module", name=type(model).__name__, input_size=tuple(size))
+
+
+def _load(spec: str | nn.Module, data_spec: str, input_size, info, trust_code: bool, seed: int, sizes):
+    """(model, info, data bundle, trained?, trust) for a spec or an in-memory model."""
+    from slimkit.data import load_data
+    from slimkit.models import is_code_spec, is_model_dir, load_model
+
+    if isinstance(spec, nn.Module):
+        info = _module_info(spec, info, input_size)
+        size = tuple(input_size or info.input_size)
+        return spec, info, load_data(data_spec, size, seed=seed, **sizes), False, trust_code
+    trust = trust_code or is_code_spec(spec)  # a code file named explicitly is trusted
+    probe, info = load_model(spec, trust_code=trust)
     size = tuple(input_size or info.input_size)
-    bundle = load_data(data_spec, size, train_samples=train_samples, val_samples=val_samples, seed=seed)
+    bundle = load_data(data_spec, size, seed=seed, **sizes)
+    if not is_model_dir(spec):
+        torch.manual_seed(seed)
+        probe, info = load_model(spec, num_classes=bundle.num_classes, trust_code=trust)
+    elif info.num_classes is not None and info.num_classes != bundle.num_classes:
+        raise BadInputError(f"{spec} predicts {info.num_classes} classes but {data_spec} has {bundle.num_classes}")
     trained = is_model_dir(spec) and (Path(spec) / "metrics.json").is_file()
-    if is_model_dir(spec):
-        model = probe
-        if info.num_classes is not None and info.num_classes != bundle.num_classes:
-            raise BadInputError(f"{spec} predicts {info.num_classes} classes but {data_spec} has {bundle.num_classes}")
-    else:
-        model, info = load_model(spec, num_classes=bundle.num_classes, trust_code=True)
+    return probe, info, bundle, trained, trust
+
+
+def _prepare(spec, out_dir, recipe, data_spec, budget, input_size, info, trust_code, train_samples, val_samples,
+             threads, seed, say):
+    sizes = {"train_samples": train_samples, "val_samples": val_samples}
+    model, info, bundle, trained, trust = _load(spec, data_spec, input_size, info, trust_code, seed, sizes)
+    size = tuple(input_size or info.input_size)
     info.input_size, info.mean, info.std = size, tuple(bundle.mean), tuple(bundle.std)
     info.class_names, info.num_classes = list(bundle.class_names), bundle.num_classes
     has_quantize = any(s.type == "quantize" for s in recipe.steps)
     torch.manual_seed(seed)
+    base = copy.deepcopy(model) if info.source == "module" else None
     ctx = RunContext(out_dir, bundle, data_spec, size, budget, info, threads, seed, trained, has_quantize,
-                     val_samples=val_samples, say=say)
+                     val_samples=val_samples, say=say, trust_code=trust, base=base)
     return ctx, model

@@ -7,17 +7,27 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slimkit.errors import BadInputError
+from slimkit.utils.registry import Registry
 
-__all__ = ["Recipe", "Step", "load_recipe", "builtin_recipes", "RECIPE_VERSION", "StepType"]
+__all__ = ["Recipe", "Step", "load_recipe", "builtin_recipes", "RECIPE_VERSION", "StepType", "STEPS", "register_step"]
 
 RECIPE_VERSION = 1
-StepType = Literal["train", "prune", "finetune", "quantize", "export"]
+StepType = str  # a name in STEPS
+_BUILTIN_STEPS = "slimkit.compress.steps"
+# The step registry: a recipe may name any registered step. The built-ins load with their (torch-heavy) module.
+STEPS: Registry = Registry("compress step", modules={name: _BUILTIN_STEPS for name in
+                                                      ("train", "prune", "finetune", "quantize", "export")})
+
+
+def register_step(name: str) -> Callable:
+    """Register `fn(ctx, model, params, work_dir) -> StepResult`: recipes may then name it as a step type."""
+    return STEPS.register(name)
 
 
 class Step(BaseModel):
@@ -27,6 +37,13 @@ class Step(BaseModel):
     type: StepType
     name: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in STEPS:
+            raise ValueError(STEPS.unknown_message(value))
+        return STEPS.canonical(value)
 
     @property
     def label(self) -> str:

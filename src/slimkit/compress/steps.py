@@ -15,13 +15,13 @@ import torch
 import torch.nn as nn
 
 from slimkit.compress.budget import Budget
+from slimkit.compress.recipe import STEPS, register_step
 from slimkit.errors import BadInputError, SlimkitError
-from slimkit.utils.registry import Registry
 
 __all__ = ["RunContext", "StepResult", "register_step", "STEPS"]
 
 log = logging.getLogger(__name__)
-STEPS: Registry = Registry("compress step")
+
 # int8 weights take a quarter of fp32's bytes: what a size budget leaves to pruning when a quantize step follows.
 INT8_SIZE_FACTOR = 4.0
 TARGET_MARGIN = 0.95
@@ -44,6 +44,17 @@ class RunContext:
     val_samples: int | None = None
     original: nn.Module | None = None  # the trained, uncompressed model: the distillation teacher
     say: Callable[[str], None] = lambda msg: log.info(msg)
+    trust_code: bool = False  # the model's code was named explicitly (or trusted): its step directories reload
+    base: nn.Module | None = None  # an in-memory model's architecture, for reloading its step directories
+
+    def reload(self, path: Path) -> nn.Module:
+        """The model saved in a step directory, rebuilt exactly (pruned shapes included)."""
+        import copy
+
+        from slimkit.models import load_model_dir
+
+        base = copy.deepcopy(self.base) if self.base is not None else None
+        return load_model_dir(path, trust_code=self.trust_code, base=base)[0]
 
 
 @dataclass
@@ -51,11 +62,6 @@ class StepResult:
     model: nn.Module
     onnx_path: Path | None = None  # set by steps whose deployable output is an ONNX file (quantize)
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def register_step(name: str) -> Callable:
-    """Register `fn(ctx, model, params, work_dir) -> StepResult`: recipes may then name it as a step type."""
-    return STEPS.register(name)
 
 
 def _check_params(step: str, params: dict[str, Any], allowed: set[str]) -> None:

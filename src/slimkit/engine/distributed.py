@@ -1,8 +1,8 @@
-"""Data-parallel scale-out: torchrun launch, process-group setup, and rank bookkeeping.
+"""Data-parallel scale-out: process-group setup, rank bookkeeping, buffer sync and weight digests.
 
-`slimkit train ... --nproc N` re-runs the same command under torch.distributed.run;
-each process sees WORLD_SIZE/RANK in its environment and fit() joins the group
-(gloo on CPU, nccl on GPU). The global batch is split evenly over the ranks.
+Under torchrun (the CLI's `--nproc N` relaunches itself there, see slimkit.cli._training)
+each process sees WORLD_SIZE/RANK in its environment and fit() joins the group (gloo on
+CPU, nccl on GPU). The global batch is split evenly over the ranks.
 """
 
 from __future__ import annotations
@@ -10,18 +10,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
 
-from slimkit.errors import BadInputError, SlimkitError
+from slimkit.errors import BadInputError
 
-__all__ = ["DistContext", "setup_distributed", "launch_torchrun", "strip_nproc", "allreduce_mean_", "param_digest",
-           "gather_objects", "in_torchrun", "sync_buffers_"]
+__all__ = ["DistContext", "setup_distributed", "allreduce_mean_", "param_digest", "gather_objects", "in_torchrun",
+           "is_main_process", "sync_buffers_"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +52,11 @@ class DistContext:
 
 def in_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (from the environment, before any process group exists), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _pick_device(preference: str, local_rank: int) -> torch.device:
@@ -128,48 +131,3 @@ def param_digest(model: nn.Module) -> str:
         # reshape(-1) first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
         digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def strip_nproc(argv: Sequence[str]) -> list[str]:
-    """The command line without its --nproc option (the children must not launch again)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--nproc":
-            skip = True
-            continue
-        if arg.startswith("--nproc="):
-            continue
-        out.append(arg)
-    return out
-
-
-def _first_error_line(stderr: str) -> str | None:
-    for line in stderr.splitlines():
-        if line.startswith("error: "):
-            return line[len("error: "):]
-    return None
-
-
-def launch_torchrun(argv: Sequence[str], nproc: int) -> None:
-    """Run `slimkit ARGV` in `nproc` processes via torch.distributed.run; raise SlimkitError on failure."""
-    if nproc < 1:
-        raise BadInputError(f"--nproc must be >= 1, got {nproc}")
-    env = dict(os.environ)
-    # Split the cores between the ranks rather than letting each one claim them all.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-           f"--nproc-per-node={nproc}", "-m", "slimkit.cli.main", *strip_nproc(argv)]
-    log.info("launching: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    if proc.returncode == 0:
-        if proc.stderr:
-            sys.stderr.write(proc.stderr)
-        return
-    message = _first_error_line(proc.stderr)
-    if message is None:
-        tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or ["no output"]
-        message = f"distributed run failed with exit code {proc.returncode}: {tail[0]}"
-    raise SlimkitError(message)

@@ -192,26 +192,34 @@ def read_architecture(path: str | Path) -> dict[str, Any]:
     return arch
 
 
-def load_model_dir(path: str | Path, trust_code: bool = False) -> tuple[nn.Module, ModelInfo]:
-    """Rebuild the exact model saved in directory `path`; returns a new model in eval mode."""
-    from safetensors import SafetensorError
-
+def _rebuild(path: Path, info: ModelInfo, trust_code: bool) -> nn.Module:
+    """A fresh model of the saved one's original architecture, built from its source."""
     from slimkit.models.resolve import load_model
 
-    path = Path(path)
-    arch = read_architecture(path)
-    info = ModelInfo.from_dict(arch["model"])
     if info.source == "file":
         if not trust_code:
             raise UnsafeFileError(
                 f"{path} was built by user code in {info.file_path}; load it with trust_code=True "
                 "(CLI: name that file explicitly) to import it"
             )
-        base, _ = load_model(f"{info.file_path}:{info.name}", **info.kwargs)
-    elif info.source in ("timm", "torchvision"):
-        base, _ = load_model(info.spec, **info.kwargs)
-    else:
-        raise BadInputError(f"{path}: cannot rebuild a model of source {info.source!r}")
+        return load_model(f"{info.file_path}:{info.name}", **info.kwargs)[0]
+    if info.source in ("timm", "torchvision"):
+        return load_model(info.spec, **info.kwargs)[0]
+    raise BadInputError(f"{path}: cannot rebuild a model of source {info.source!r}")
+
+
+def load_model_dir(path: str | Path, trust_code: bool = False, base: nn.Module | None = None) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the exact model saved in directory `path`; returns a new model in eval mode.
+
+    `base`: a model of the saved one's original architecture (changed in place and returned), for
+    directories whose model was built in memory (source "module") and so cannot be rebuilt by name."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    arch = read_architecture(path)
+    info = ModelInfo.from_dict(arch["model"])
+    if base is None:
+        base = _rebuild(path, info, trust_code)
     _patch_modules(base, arch["modules"])
     _patch_tensors(base, arch["tensors"])
     weights = path / WEIGHTS_FILE

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from slimkit.errors import BadInputError, UnknownModelError
 
-__all__ = ["ModelInfo", "load_model", "available_model_names", "DEFAULT_MEAN", "DEFAULT_STD"]
+__all__ = ["ModelInfo", "load_model", "available_model_names", "is_code_spec", "DEFAULT_MEAN", "DEFAULT_STD"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,11 @@ DEFAULT_INPUT_SIZE = (3, 224, 224)
 DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
 _FILE_SPEC = re.compile(r"^(?P<path>.+\.py):(?P<factory>[A-Za-z_]\w*)$")
+
+
+def is_code_spec(spec: object) -> bool:
+    """True for `path/to/file.py:factory`: naming the file explicitly is what trusts its code."""
+    return isinstance(spec, str) and _FILE_SPEC.match(spec) is not None
 
 
 @dataclass

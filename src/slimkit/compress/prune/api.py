@@ -32,12 +32,16 @@ class PruneResult:
     before: dict[str, Any]
     after: dict[str, Any]
     achieved: float | None  # measured ratio of the target's quantity
-    level: float
+    level: float | None  # the pruning level of the one-shot cut (None for iterative and LAPP)
     round_to: int
     kept: dict[str, dict[str, Any]]
     trials: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     protected: list[str] = field(default_factory=list)
+    schedule: str = "oneshot"
+    stages: list[dict[str, Any]] = field(default_factory=list)  # iterative stages, or LAPP's end state
+    training: dict[str, Any] | None = None  # the training after (or during) pruning
+    unstructured: dict[str, Any] | None = None  # weight sparsity on top, with its file sizes
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -78,15 +82,25 @@ def kept_ratios(before: dict[str, int], after: dict[str, int]) -> dict[str, dict
 def prune_(
     model: nn.Module,
     config: PruneConfig,
-    example_inputs: torch.Tensor,
+    example_inputs: torch.Tensor | None = None,
     calib: Calibration | None = None,
     *,
+    data: Any = None,
+    progress: bool = False,
     allocator: Callable[[Plan, int], Callable[[float], list[int]]] | None = None,
 ) -> PruneResult:
     """Prune `model` in place (channels, heads, hidden units) to `config`'s budget; returns what was done.
 
+    `config.schedule` picks the technique (oneshot, iterative, lapp, precrop); `config.epochs`
+    trains through engine.fit on `data` (a DataBundle or a Dataset), distilling from the
+    unpruned model with `config.kd`; `config.unstructured` adds weight sparsity. Without
+    `example_inputs` the input size comes from `data` or the model's own configuration.
     `allocator(plan, round_to)` may replace the configured allocation with any family of kept
     counts indexed by a level in [0, max_layer_prune] (used by pruning at initialization)."""
+    if example_inputs is None or config.schedule != "oneshot" or config.epochs or config.unstructured:
+        from slimkit.compress.prune.schedules import run_schedule
+
+        return run_schedule(model, config, example_inputs, calib, data=data, progress=progress)
     model.eval()
     x = example_inputs[:1].detach()
     with torch.no_grad():

@@ -9,12 +9,15 @@ from typing import Any
 
 from slimkit.errors import BadInputError
 
-__all__ = ["PruneConfig", "Target", "parse_target", "ALLOCATIONS", "TARGET_KINDS", "CONFIG_VERSION"]
+__all__ = ["PruneConfig", "Target", "parse_target", "ALLOCATIONS", "TARGET_KINDS", "SCHEDULES", "CONFIG_VERSION"]
 
 CONFIG_VERSION = 1
 TARGET_KINDS = ("macs", "params", "latency")
 ALLOCATIONS = ("uniform", "global", "adaptive")
 UNSTRUCTURED_SCOPES = ("global", "layer", "lamp")
+# oneshot: prune, then train; iterative: prune -> train in `steps` stages; lapp: learnable thresholds pruned while
+# training (Zhai et al.); precrop: crop an untrained model with SynFlow layer ratios (Cai et al.), then train.
+SCHEDULES = ("oneshot", "iterative", "lapp", "precrop")
 _TARGET = re.compile(r"^\s*(?P<kind>[a-z_]+)\s*=\s*(?P<value>[0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(?P<pct>%?)\s*$")
 
 
@@ -60,6 +63,12 @@ class PruneConfig:
     latency_threads: int = 1  # ONNX Runtime intra-op threads for latency targets
     unstructured: float | None = None  # extra weight sparsity after structured pruning (0..1)
     unstructured_scope: str = "global"  # global | layer | lamp
+    schedule: str = "oneshot"  # oneshot | iterative | lapp | precrop (see SCHEDULES)
+    steps: int = 3  # iterative: number of prune -> train stages
+    epochs: float = 0.0  # training in all (needs data): after pruning, split over the stages, or during LAPP
+    lr: float = 0.01  # SGD (momentum 0.9, cosine) learning rate of that training
+    batch_size: int = 64
+    kd: bool = False  # distil from the unpruned model while training
     seed: int = 0
     version: int = CONFIG_VERSION
 
@@ -85,8 +94,27 @@ class PruneConfig:
             raise BadInputError(f"unstructured sparsity must be in (0, 1), got {self.unstructured}")
         if self.calib_batches < 1 or self.latency_threads < 1:
             raise BadInputError("calib_batches and latency_threads must be >= 1")
+        self._check_schedule()
         if self.version > CONFIG_VERSION:
             raise BadInputError(f"prune config version {self.version} is newer than this slimkit ({CONFIG_VERSION})")
+
+    def _check_schedule(self) -> None:
+        _choice("schedule", self.schedule, SCHEDULES)
+        if self.steps < 1 or self.batch_size < 1:
+            raise BadInputError("steps and batch_size must be >= 1")
+        if self.epochs < 0 or self.lr <= 0:
+            raise BadInputError(f"epochs must be >= 0 and lr > 0, got {self.epochs} and {self.lr}")
+        kind = self.parsed_target.kind if self.target is not None else None
+        if self.schedule in ("iterative", "lapp") and self.epochs <= 0:
+            raise BadInputError(f"schedule {self.schedule} trains while pruning: give epochs > 0 (and data)")
+        if self.schedule == "lapp" and kind != "macs":
+            raise BadInputError("schedule lapp prunes toward a MACs target: give target macs=F")
+        if self.schedule == "iterative" and kind not in ("macs", "params"):
+            raise BadInputError("schedule iterative takes a macs= or params= target")
+        if self.schedule == "precrop" and kind == "latency":
+            raise BadInputError("schedule precrop takes a macs= or params= target (or a ratio), not latency")
+        if self.kd and self.epochs <= 0:
+            raise BadInputError("kd distils while training: give epochs > 0")
 
     @property
     def parsed_target(self) -> Target | None:

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slimkit.compress.prune.config import PruneConfig, parse_target
+from slimkit.compress.prune.schedules import UNSTRUCTURED_NOTE
 from slimkit.errors import BadInputError
 
 __all__ = ["PruneJob", "run_job", "UNSTRUCTURED_NOTE"]
 
 log = logging.getLogger(__name__)
-UNSTRUCTURED_NOTE = (
-    "Unstructured sparsity gives no speed-up on dense runtimes (PyTorch, ONNX Runtime): the zeros are still "
-    "multiplied, so latency_ms and MACs do not move. Its real gain is storage: see unstructured.file_bytes."
-)
-_FILE_SPEC = re.compile(r".+\.py:[A-Za-z_]\w*$")
 
 
 @dataclass
@@ -30,9 +24,6 @@ class PruneJob:
     out: Path
     config: PruneConfig
     data: str | None = None
-    epochs: float = 0.0
-    lr: float = 0.01
-    kd: bool = False
     input_size: tuple[int, int, int] | None = None
     num_classes: int | None = None
     train_samples: int | None = None
@@ -52,18 +43,15 @@ class PruneJob:
         if args.get("criterion") is not None:
             CRITERIA.get(args["criterion"])  # an unknown name fails first, with the closest matches
         cfg = _config_from_args(args)
-        if args.get("epochs") and not args.get("data"):
-            raise BadInputError("--epochs needs --data to fine-tune on")
-        if args.get("kd") and not args.get("epochs"):
-            raise BadInputError("--kd distils while fine-tuning: give --epochs too")
+        if cfg.epochs and not args.get("data"):
+            raise BadInputError(f"--epochs needs --data to train on (schedule {cfg.schedule})")
         if criterion_needs_data(cfg.criterion) and not args.get("data"):
             raise BadInputError(f"criterion {cfg.criterion!r} needs --data for calibration batches")
         out = Path(args["out"])
         if out.exists() and not out.is_dir():
             raise BadInputError(f"--out {out} exists and is not a directory")
         plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
-        return cls(args["model"], out, cfg, args.get("data"), float(args.get("epochs") or 0), float(args.get("lr", 0.01)),
-                   bool(args.get("kd")), parse_input_size(args.get("input_size")), args.get("num_classes"),
+        return cls(args["model"], out, cfg, args.get("data"), parse_input_size(args.get("input_size")), args.get("num_classes"),
                    args.get("train_samples"), args.get("val_samples"), bool(args.get("latency", True)),
                    cfg.latency_threads, cfg.seed, bool(args.get("trust_code")), plain)
 
@@ -90,9 +78,14 @@ def _config_from_args(args: dict[str, Any]) -> PruneConfig:
     elif target is not None and target.kind == "latency" and "round_to" not in base:
         base["round_to"] = None  # chosen by measurement among 1 / 8 / 16
     for key, flag in (("criterion", "criterion"), ("allocation", "allocation"), ("unstructured", "unstructured"),
-                      ("unstructured_scope", "unstructured_scope"), ("seed", "seed"), ("latency_threads", "threads")):
+                      ("unstructured_scope", "unstructured_scope"), ("seed", "seed"), ("latency_threads", "threads"),
+                      ("schedule", "schedule"), ("steps", "steps"), ("epochs", "epochs"), ("lr", "lr")):
         if args.get(flag) is not None:
             base[key] = args[flag]
+    if args.get("kd"):
+        if not base.get("epochs"):
+            raise BadInputError("--kd distils while training: give --epochs too")
+        base["kd"] = True
     return PruneConfig.from_dict(base)
 
 
@@ -101,36 +94,37 @@ def run_job(job: PruneJob) -> dict[str, Any]:
     import torch
 
     from slimkit.compress.prune.api import prune_
-    from slimkit.compress.prune.measure import count_macs, count_params
-    from slimkit.engine import evaluate
 
     torch.manual_seed(job.seed)
     model, info, bundle = _load(job)
     x = torch.randn(1, *info.input_size)
-    teacher = copy.deepcopy(model)
-    before = {"macs": count_macs(model, x), "params": count_params(model), "latency_ms": None,
-              "accuracy": evaluate(model, bundle.val)["top1"] if bundle else None}
+    original = copy.deepcopy(model)
+    before = _measure(model, x, bundle)
     report: dict[str, Any] = {"model": job.model, "input_size": list(info.input_size), "config": job.config.to_dict()}
-    if job.config.target is not None or job.config.ratio:
-        result = prune_(model, job.config, x, _calibration(job, bundle))
-        report.update({k: v for k, v in result.to_dict().items() if k not in ("before", "after")})
-    else:
-        report.update(target=None, achieved=None, kept={}, notes=[])
-    report["finetune"] = _finetune_and_sparsify(job, model, teacher, bundle, report)
-    after = {"macs": count_macs(model, x), "params": count_params(model), "latency_ms": None,
-             "accuracy": evaluate(model, bundle.val)["top1"] if bundle else None}
+    result = prune_(model, job.config, x, _calibration(job, bundle), data=bundle, progress=True)
+    report.update({k: v for k, v in result.to_dict().items() if k not in ("before", "after")})
+    report["finetune"] = result.training
+    after = _measure(model, x, bundle)
     if job.latency:
-        before["latency_ms"], after["latency_ms"], report["latency_conditions"] = _latency(teacher, model, x, job.threads)
+        before["latency_ms"], after["latency_ms"], report["latency_conditions"] = _latency(original, model, x, job.threads)
     report.update(before=before, after=after)
     _write(job, model, info, report)
     return report
 
 
+def _measure(model, x, bundle) -> dict[str, Any]:
+    from slimkit.compress.prune.measure import count_macs, count_params
+    from slimkit.engine import evaluate
+
+    return {"macs": count_macs(model, x), "params": count_params(model), "latency_ms": None,
+            "accuracy": evaluate(model, bundle.val)["top1"] if bundle else None}
+
+
 def _load(job: PruneJob):
     from slimkit.data import load_data
-    from slimkit.models import load_model
+    from slimkit.models import is_code_spec, load_model
 
-    trust = job.trust_code or bool(_FILE_SPEC.match(job.model))  # code file named explicitly, or --trust-code
+    trust = job.trust_code or is_code_spec(job.model)  # code file named explicitly, or --trust-code
     classes = job.num_classes
     bundle = None
     if job.data and classes is None:
@@ -152,31 +146,6 @@ def _calibration(job: PruneJob, bundle):
     if bundle is None:
         return None
     return Calibration(calibration_batches(bundle.train, job.config.calib_batches, seed=job.seed))
-
-
-def _finetune_and_sparsify(job: PruneJob, model, teacher, bundle, report: dict) -> dict[str, Any] | None:
-    from slimkit.compress.prune.training import finetune
-    from slimkit.compress.prune.unstructured import (GradualPruner, apply_masks, compressed_sizes, magnitude_masks,
-                                                     prunable_weights, sparsity_of)
-    from slimkit.engine import EveryStep
-
-    sparsity = job.config.unstructured
-    dense_sizes = compressed_sizes(model) if sparsity else None
-    info = None
-    if job.epochs > 0:
-        steps = math.ceil(job.epochs * math.ceil(len(bundle.train) / 64))
-        hooks = [EveryStep(GradualPruner(model, sparsity, steps, job.config.unstructured_scope))] if sparsity else []
-        info = finetune(model, bundle.train, job.epochs, lr=job.lr, teacher=teacher if job.kd else None,
-                        hooks=hooks, seed=job.seed, progress=True)
-        info.update(epochs=job.epochs, lr=job.lr, kd=job.kd)
-    if sparsity:
-        weights = prunable_weights(model)
-        apply_masks(weights, magnitude_masks(weights, sparsity, job.config.unstructured_scope))  # folded for saving
-        report["unstructured"] = {"sparsity": sparsity_of(model), "scope": job.config.unstructured_scope,
-                                  "schedule": "polynomial (Zhu & Gupta)" if job.epochs > 0 else "one-shot",
-                                  "file_bytes": {"dense": dense_sizes, "sparse": compressed_sizes(model)},
-                                  "note": UNSTRUCTURED_NOTE}
-    return info
 
 
 def _latency(before_model, after_model, x, threads: int):

@@ -142,12 +142,13 @@ class LAPP(Hook):
 
 
 def lapp_train_(model: nn.Module, train: Dataset, target: float, epochs: float, example_inputs: torch.Tensor,
-                *, lr: float = 0.01, batch_size: int = 64, seed: int = 0) -> dict:
-    """Train `model` in place from its current weights while LAPP prunes it toward `target` x MACs."""
+                *, lr: float = 0.01, batch_size: int = 64, seed: int = 0, teacher: nn.Module | None = None) -> dict:
+    """Train `model` in place from its current weights while LAPP prunes it toward `target` x MACs
+    (distilling from `teacher` when given)."""
     before = count_macs(model, example_inputs[:1])
     steps = max(1, math.ceil(epochs * math.ceil(len(train) / batch_size)))
     lapp = LAPP(model, example_inputs, target, steps)
-    info = finetune(model, train, epochs, lr=lr, batch_size=batch_size, hooks=[lapp], seed=seed)
+    info = finetune(model, train, epochs, lr=lr, batch_size=batch_size, hooks=[lapp], seed=seed, teacher=teacher)
     with torch.no_grad():
         expected = float(lapp.expected_macs_ratio())  # soft-mask estimate, before the real cut
     keeps = lapp.finalize(example_inputs)
