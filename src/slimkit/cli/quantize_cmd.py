@@ -1,4 +1,6 @@
-"""`slimkit quantize MODEL --calib-data digits --out DIR`: int8 that is verified, accurate enough, and not slower."""
+"""`slimkit quantize MODEL --calib-data digits --out DIR [--qat | --codebook]`: int8 that is verified, accurate
+enough, and not slower (static PTQ, the default), quantization-aware training, or weight codebooks.
+The command parses; the quantize verb (slimkit.compress.quantize.api) does the work."""
 
 from __future__ import annotations
 
@@ -21,10 +23,7 @@ def _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop,
     from slimkit.errors import BadInputError
 
     if config_file is not None:
-        cfg = load_config(config_file)
-        if not isinstance(cfg, PTQConfig):
-            raise BadInputError(f"{config_file} is a {cfg.kind} config; quantize needs kind: ptq")
-        return cfg
+        return load_config(config_file)  # ptq, qat or codebook
     try:
         return PTQConfig(method=method, per_channel=not per_tensor, symmetric_activations=symmetric,
                          calib_samples=calib_samples, max_drop=None if no_max_drop else max_drop, equalize=equalize,
@@ -72,12 +71,22 @@ def quantize(
     mean: Optional[str] = typer.Option(None, "--mean", help="Input normalisation mean, e.g. 0.5 or 0.485,0.456,0.406 (default: the model's)"),
     std: Optional[str] = typer.Option(None, "--std", help="Input normalisation std (default: the model's)"),
     seed: int = typer.Option(0, "--seed", help="Data subset seed"),
+    qat: bool = typer.Option(False, "--qat", help="Quantization-aware training (fake-quant), exported as int8 QDQ ONNX"),
+    codebook: bool = typer.Option(False, "--codebook", help="Weight-only codebooks with learnable centroids (JLCM)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help="--qat / --codebook: training epochs (2 / 0)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="--qat / --codebook: learning rate (default 1e-3)"),
+    distill_alpha: Optional[float] = typer.Option(None, "--distill-alpha", help="--qat: weight of KD from the float model"),
+    bits: Optional[int] = typer.Option(None, "--bits", help="--codebook: 2**bits centroids per codebook (default 4)"),
+    groups: Optional[int] = typer.Option(None, "--groups", help="--codebook: channel groups with their own codebook"),
+    train_samples: Optional[int] = typer.Option(None, "--train-samples", min=1,
+                                                help="--qat / --codebook: training images (default: all)"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code"),
 ) -> None:
     """Static int8 (QDQ, ONNX Runtime): verified export, accuracy limit, speed guard, report."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from slimkit.compress.quantize.calib import load_quant_data
-    from slimkit.compress.quantize.pipeline import quantize_ptq
+    from slimkit.compress.quantize.api import quantize as quantize_verb
     from slimkit.compress.quantize.speed_guard import OrtLatency
     from slimkit.models import load_model
     from slimkit.utils.parse import parse_input_size
@@ -85,11 +94,18 @@ def quantize(
     import torch
 
     torch.set_num_threads(max(1, threads))
-    cfg = _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop, no_max_drop, equalize,
-                  bias_correction, no_speed_guard, exclude, relu6)
-    net, info = load_model(model)
+    trained = _trained_config(qat, codebook, epochs, lr, distill_alpha, bits, groups)
+    cfg = trained or _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop, no_max_drop,
+                             equalize, bias_correction, no_speed_guard, exclude, relu6)
+    net, info = load_model(model, trust_code=trust_code)
     size = parse_input_size(input_size) or tuple(info.input_size)
     norm_mean, norm_std = _floats(mean, "--mean") or info.mean, _floats(std, "--std") or info.std
+    if cfg.kind != "ptq":
+        args = {"model": model, "out": str(out), "calib_data": calib_data, "val_samples": val_samples,
+                "train_samples": train_samples, "input_size": list(size), "seed": seed, "mean": list(norm_mean),
+                "std": list(norm_std), "config": cfg.model_dump()}
+        return _quantize_trained(net, info, cfg, calib_data, size, norm_mean, norm_std, train_samples, val_samples,
+                                 seed, out, args)
     data = load_quant_data(calib_data, size, calib_samples=cfg.calib_samples, val_samples=val_samples,
                            mean=norm_mean, std=norm_std, seed=seed)
     screen = OrtLatency(size, threads=threads, repetitions=max(20, latency_reps // 3), rounds=5, min_time_s=0.3)
@@ -98,15 +114,60 @@ def quantize(
     con = console()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=con, transient=True) as bar:
         task = bar.add_task("quantizing", total=None)
-        report = quantize_ptq(net, size, data, cfg, out, tune=tune, latency=screen, final_latency=final,
-                              progress=lambda msg: bar.update(task, description=msg),
-                              extra_report={"model": info.to_dict()})
+        report = quantize_verb(net, cfg, data=data, input_size=size, out_dir=out, tune=tune, latency=screen,
+                               final_latency=final, progress=lambda msg: bar.update(task, description=msg),
+                               extra_report={"model": info.to_dict()}).report
     save_resolved_args(out, "quantize", {"model": model, "out": str(out), "calib_data": calib_data,
                                          "val_samples": val_samples, "input_size": list(size), "tune": tune,
                                          "threads": threads, "latency_reps": latency_reps, "seed": seed,
                                          "mean": list(norm_mean), "std": list(norm_std),
                                          "config": cfg.model_dump()})
     _print(con, out, report)
+
+
+def _trained_config(qat: bool, codebook: bool, epochs, lr, distill_alpha, bits, groups):
+    """The QATConfig or CodebookConfig of --qat / --codebook and their options (None for PTQ)."""
+    from slimkit.compress.quantize.config import CodebookConfig, QATConfig
+    from slimkit.errors import BadInputError
+
+    options = {"epochs": epochs, "lr": lr, "distill_alpha": distill_alpha, "bits": bits, "groups": groups}
+    if qat and codebook:
+        raise BadInputError("give --qat or --codebook, not both")
+    flag, cls, allowed = (("--qat", QATConfig, {"epochs", "lr", "distill_alpha"}) if qat else
+                          ("--codebook", CodebookConfig, {"epochs", "lr", "bits", "groups"}) if codebook else
+                          ("static int8", None, set()))
+    wrong = [k for k, v in options.items() if v is not None and k not in allowed]
+    if wrong:
+        raise BadInputError(f"--{wrong[0].replace('_', '-')} does not apply to {flag}")
+    if cls is None:
+        return None
+    try:
+        return cls(**{k: v for k, v in options.items() if v is not None})
+    except ValueError as exc:  # pydantic's ValidationError
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": ("?",), "msg": str(exc)}
+        raise BadInputError(f"invalid {flag} option {first['loc'][0]}: {first['msg']}") from exc
+
+
+def _quantize_trained(net, info, cfg, data_spec, size, mean, std, train_samples, val_samples, seed, out, args) -> None:
+    """QAT or codebook compression through the quantize verb; writes OUT and prints what it measured."""
+    from slimkit.compress.quantize.api import quantize as quantize_verb
+    from slimkit.data import load_data
+
+    data = load_data(data_spec, size, train_samples=train_samples, val_samples=val_samples, seed=seed,
+                     mean=tuple(mean), std=tuple(std))
+    con = console()
+    with con.status(f"{cfg.kind}: training and exporting"):
+        result = quantize_verb(net, cfg, data=data, input_size=size, out_dir=out, seed=seed)
+    save_resolved_args(out, "quantize", args)
+    r, files = result.report, ", ".join(p.name for p in result.files.values())
+    con.print(f"wrote {out}/{files}, report.json", highlight=False, soft_wrap=True)
+    if r.get("accuracy"):
+        a = r["accuracy"]
+        extra = f", int8 ONNX Runtime {a['int8_onnxruntime']:.2f}%" if "int8_onnxruntime" in a else ""
+        con.print(f"accuracy (top-1, {a['val_samples']} images): fp32 {a['fp32']:.2f}%, {cfg.kind} (PyTorch) "
+                  f"{a['quantized']:.2f}%{extra}", highlight=False, soft_wrap=True)
+    sizes = "; ".join(f"{k} {v / 1e3:.1f} KB" for k, v in r["size_bytes"].items())
+    con.print(f"size: {sizes}", highlight=False, soft_wrap=True)
 
 
 def _print(con, out: Path, r: dict) -> None:

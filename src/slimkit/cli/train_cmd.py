@@ -9,6 +9,7 @@ import typer
 
 from slimkit.cli._training import is_main_rank, load_student, relaunch_if_needed, resolve_config, summary_line
 from slimkit.cli.common import DATA_OPT, INPUT_SIZE_OPT, MODEL_HELP, TRAIN_SAMPLES_OPT, VAL_SAMPLES_OPT
+from slimkit.errors import BadInputError
 
 __all__ = ["register", "TRAIN_FLAGS"]
 
@@ -70,16 +71,24 @@ def train(
     weights: Optional[Path] = WEIGHTS_OPT,
     pretrained: bool = PRETRAINED_OPT,
     trust_code: bool = TRUST_OPT,
+    loss: str = typer.Option("ce", "--loss", help="ce (cross-entropy) | bias (Bias Loss, Abrahamyan et al. 2021)"),
+    loss_layer: Optional[str] = typer.Option(None, "--loss-layer",
+                                             help="bias: the feature layer (default: the last spatial feature map)"),
 ) -> None:
     """Train MODEL on --data; OUT ends as a model directory with metrics.json, train_log.jsonl and a checkpoint."""
     args = dict(locals())
     flags = {k: args[k] for k in TRAIN_FLAGS}
     # Bad settings fail here, before any process is launched; --resume starts from the checkpoint's settings.
     cfg = resolve_config(config, flags, resume_from=out if resume else None)
+    from slimkit.engine.losses import LOSSES
+
+    if LOSSES.canonical(loss) == "ce" and loss_layer:  # an unknown loss fails here, before any process is launched
+        raise BadInputError("--loss-layer applies to --loss bias")
     if relaunch_if_needed(nproc, "train"):
         return
     from slimkit.cli.common import console, save_resolved_args
     from slimkit.engine import fit
+    from slimkit.engine.losses import make_loss
     from slimkit.engine.outputs import prepare_out_dir
 
     prepare_out_dir(out, resume=resume, overwrite=overwrite, write=False)  # fail before any heavy loading
@@ -90,7 +99,11 @@ def train(
     if is_main_rank():
         save_resolved_args(out, "train", {**args, "config": cfg.to_dict(), "input_size": bundle.input_size,
                                           "num_classes": bundle.num_classes})
-    result = fit(net, bundle, cfg, out_dir=out, resume=resume, overwrite=overwrite, info=info)
+    example = bundle.train.transform(bundle.train.images[:2])
+    loss_fn = make_loss(loss, net, example, **({"layer": loss_layer} if loss_layer else {}))
+    extra = {"loss": {"name": LOSSES.canonical(loss), **({"layer": loss_fn.layer} if loss_fn is not None else {})}}
+    result = fit(net, bundle, cfg, out_dir=out, resume=resume, overwrite=overwrite, info=info, loss_fn=loss_fn,
+                 extra_metrics=extra)
     if is_main_rank():
         console().print(summary_line(result, out))
 

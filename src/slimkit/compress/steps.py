@@ -83,13 +83,20 @@ def _train_config(ctx: RunContext, params: dict[str, Any]):
 @register_step("train")
 def train_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
     from slimkit.engine import fit
+    from slimkit.engine.losses import make_loss
 
-    _check_params("train", params, _TRAIN_KEYS)
+    _check_params("train", params, _TRAIN_KEYS | {"loss", "loss_layer"})
     if ctx.trained:
         return StepResult(model, details={"skipped": "the given model is a trained slimkit checkpoint"})
-    ctx.say(f"training {params.get('epochs', 'default')} epochs")
-    result = fit(model, ctx.data, _train_config(ctx, params), out_dir=work, resume=work.exists(), info=ctx.info)
-    return StepResult(model, details={"epochs": result.epochs_completed})
+    loss_name = params.get("loss", "ce")
+    example = ctx.data.train.transform(ctx.data.train.images[:2])
+    loss = make_loss(loss_name, model, example, **({"layer": params["loss_layer"]} if params.get("loss_layer") else {}))
+    ctx.say(f"training {params.get('epochs', 'default')} epochs ({loss_name} loss)")
+    result = fit(model, ctx.data, _train_config(ctx, params), out_dir=work, resume=work.exists(), info=ctx.info,
+                 loss_fn=loss)
+    if loss is not None:
+        loss.close()
+    return StepResult(model, details={"epochs": result.epochs_completed, "loss": loss_name})
 
 
 def _prune_target(ctx: RunContext, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -152,7 +159,7 @@ def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
     from slimkit.compress.prune.criteria import Calibration, criterion_needs_data
 
     _check_params("prune", params, {"target", "criterion", "allocation", "round_to", "unstructured", "tolerance",
-                                    "int8_aware"})
+                                    "int8_aware", "schedule", "steps", "epochs", "lr", "batch_size", "kd"})
     kwargs = {k: v for k, v in params.items() if k not in ("target", "int8_aware")}
     target, derivation = _prune_target(ctx, params)
     config = PruneConfig(target=target, latency_threads=ctx.threads, seed=ctx.seed, **kwargs)
@@ -160,8 +167,8 @@ def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
     if criterion_needs_data(config.criterion):
         x, y = ctx.data.train.tensors()
         calib = Calibration([(x[i : i + 64], y[i : i + 64]) for i in range(0, min(len(y), 256), 64)])
-    ctx.say(f"pruning toward {config.target} ({config.criterion}, round to {config.round_to})")
-    result = prune_(model, config, torch.randn(1, *ctx.input_size), calib)
+    ctx.say(f"pruning toward {config.target} ({config.schedule}, {config.criterion}, round to {config.round_to})")
+    result = prune_(model, config, torch.randn(1, *ctx.input_size), calib, data=ctx.data)
     return StepResult(model, details={"prune": result.to_dict(), "config": config.to_dict(), "target_from": derivation})
 
 
@@ -182,19 +189,27 @@ def finetune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], wor
 
 @register_step("quantize")
 def quantize_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
+    """Static int8 (kind ptq, the default), quantization-aware training (qat) or weight codebooks (codebook)."""
+    from slimkit.compress.quantize.api import quantize
     from slimkit.compress.quantize.calib import load_quant_data
-    from slimkit.compress.quantize.config import PTQConfig
-    from slimkit.compress.quantize.pipeline import quantize_ptq
+    from slimkit.compress.quantize.config import load_config
 
-    allowed = {"method", "per_channel", "symmetric_activations", "percentile", "calib_samples", "equalize",
-               "bias_correction", "max_drop", "speed_guard", "exclude"}
-    _check_params("quantize", params, allowed)
-    config = PTQConfig(**params)
-    data = load_quant_data(ctx.data_spec, ctx.input_size, calib_samples=config.calib_samples,
-                           val_samples=ctx.val_samples, mean=ctx.data.mean, std=ctx.data.std, seed=ctx.seed)
-    ctx.say(f"quantizing to int8 ({config.method}, max drop {config.max_drop} points, speed guard on)")
-    report = quantize_ptq(model, ctx.input_size, data, config, work / "onnx")
-    return StepResult(model, onnx_path=work / "onnx" / "model.int8.onnx", details={"quantize": report})
+    kind = str(params.get("kind", "ptq"))
+    config = load_config({**params, "kind": kind})  # unknown params and bad values: one-line BadInputError
+    data = ctx.data
+    if kind == "ptq":
+        data = load_quant_data(ctx.data_spec, ctx.input_size, calib_samples=config.calib_samples,
+                               val_samples=ctx.val_samples, mean=ctx.data.mean, std=ctx.data.std, seed=ctx.seed)
+        ctx.say(f"quantizing to int8 ({config.method}, max drop {config.max_drop} points, speed guard on)")
+    else:
+        ctx.say(f"quantizing: {kind} ({config.epochs} training epochs)")
+    result = quantize(model, config, data=data, input_size=ctx.input_size, out_dir=work / "onnx",
+                      teacher=ctx.original, seed=ctx.seed)
+    details: dict[str, Any] = {"quantize": result.report}
+    if kind == "codebook":
+        details["note"] = ("this stage's ONNX file holds the decoded fp32 weights; the compressed form is the "
+                           f"codebook file of {result.report['size_bytes']['codebook']} bytes")
+    return StepResult(result.model, onnx_path=result.onnx_path, details=details)
 
 
 @register_step("export")

@@ -28,7 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["BiasLossConfig", "BiasLoss", "bias_loss"]
+from slimkit.engine.losses import LOSSES
+
+__all__ = ["BiasLossConfig", "BiasLoss", "FeatureBiasLoss", "bias_loss", "make_bias_loss"]
 
 
 @dataclass
@@ -82,3 +84,38 @@ class BiasLoss(nn.Module):
             self.running_min = torch.minimum(self.running_min, batch_min)
             low = self.running_min
         return bias_loss(logits, target, features, cfg.alpha, cfg.beta, low)
+
+
+class FeatureBiasLoss(nn.Module):
+    """The Bias Loss as an engine.fit loss: a forward hook keeps the feature map of `layer` of the model
+    being trained (default: its last layer with a spatial feature map, SkipNet's last 1x1 conv block)."""
+
+    def __init__(self, model: nn.Module, layer: str, config: BiasLossConfig | None = None) -> None:
+        super().__init__()
+        self.layer, self.bias = layer, BiasLoss(config)
+        self._features: torch.Tensor | None = None
+        self._handle = model.get_submodule(layer).register_forward_hook(self._keep)
+
+    def _keep(self, _module: nn.Module, _inputs, output) -> None:
+        self._features = output
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self._features is None or len(self._features) != len(target):
+            raise RuntimeError(f"the Bias Loss saw no features from layer {self.layer!r} in this forward pass")
+        return self.bias(logits, target, self._features.float())
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+@LOSSES.register("bias")
+def make_bias_loss(model: nn.Module, example_inputs: torch.Tensor, layer: str | None = None, alpha: float = 0.3,
+                   beta: float = 0.3, normalisation: str = "batch") -> FeatureBiasLoss:
+    """The Bias Loss on `layer`'s features (default: the model's last spatial feature map)."""
+    from slimkit.compress.distill.feature import last_feature_layer
+    from slimkit.errors import BadInputError
+
+    layer = layer or last_feature_layer(model, example_inputs)
+    if layer not in dict(model.named_modules()):
+        raise BadInputError(f"the Bias Loss needs a feature layer: no layer named {layer!r} in {type(model).__name__}")
+    return FeatureBiasLoss(model, layer, BiasLossConfig(alpha, beta, normalisation))
