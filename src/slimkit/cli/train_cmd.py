@@ -88,7 +88,6 @@ def train(
         return
     from slimkit.cli.common import console, save_resolved_args
     from slimkit.engine import fit
-    from slimkit.engine.losses import make_loss
     from slimkit.engine.outputs import prepare_out_dir
 
     prepare_out_dir(out, resume=resume, overwrite=overwrite, write=False)  # fail before any heavy loading
@@ -99,13 +98,19 @@ def train(
     if is_main_rank():
         save_resolved_args(out, "train", {**args, "config": cfg.to_dict(), "input_size": bundle.input_size,
                                           "num_classes": bundle.num_classes})
-    example = bundle.train.transform(bundle.train.images[:2])
-    loss_fn = make_loss(loss, net, example, **({"layer": loss_layer} if loss_layer else {}))
-    extra = {"loss": {"name": LOSSES.canonical(loss), **({"layer": loss_fn.layer} if loss_fn is not None else {})}}
+    loss_fn, extra = _loss(loss, loss_layer, net, bundle)
     result = fit(net, bundle, cfg, out_dir=out, resume=resume, overwrite=overwrite, info=info, loss_fn=loss_fn,
                  extra_metrics=extra)
     if is_main_rank():
         console().print(summary_line(result, out))
+
+
+def _loss(name: str, layer: str | None, net, bundle) -> tuple:
+    """The training loss (None: cross-entropy) and what metrics.json records about it."""
+    from slimkit.engine.losses import LOSSES, make_loss
+
+    loss = make_loss(name, net, bundle.train.transform(bundle.train.images[:2]), **({"layer": layer} if layer else {}))
+    return loss, {"loss": {"name": LOSSES.canonical(name), **({"layer": loss.layer} if loss is not None else {})}}
 
 
 def register(app: typer.Typer) -> None:

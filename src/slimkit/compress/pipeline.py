@@ -142,8 +142,7 @@ def compress(
     out_dir = Path(out_dir)
     ctx, model = _prepare(model, out_dir, recipe, data, budget_obj, input_size, info, trust_code, train_samples,
                           val_samples, threads, seed, say or (lambda m: log.info(m)))
-    settings = {"model": ctx.info.spec if isinstance(ctx.info.spec, str) else str(ctx.info.spec),
-                "recipe": recipe.model_dump(), "data": data, "budget": str(budget_obj),
+    settings = {"model": ctx.info.spec, "recipe": recipe.model_dump(), "data": data, "budget": str(budget_obj),
                 "input_size": list(ctx.input_size), "train_samples": train_samples, "val_samples": val_samples,
                 "threads": threads, "seed": seed}
     state = _load_state(out_dir, settings, resume, overwrite)

@@ -262,6 +262,18 @@ class _Run:
         return metrics
 
 
+def _checked(config: Any, data: Any, out_dir: Any, resume: bool) -> tuple[TrainConfig, Any]:
+    config = config or TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise BadInputError(f"config must be a TrainConfig, got {type(config).__name__}")
+    data = TrainData.of(data)
+    if out_dir is not None and getattr(data, "val", None) is None:
+        raise BadInputError("a run with out_dir needs validation data (data.val) for its metrics")
+    if resume and out_dir is None:
+        raise BadInputError("resume=True needs the out_dir that holds the checkpoint")
+    return config, data
+
+
 def _size(dataset: Any) -> int:
     return 0 if dataset is None else len(dataset)
 
@@ -293,14 +305,7 @@ def fit(
     it trains data-parallel and rank 0 writes the outputs. `extra_metrics` are added
     to metrics.json (e.g. the distillation settings).
     """
-    config = config or TrainConfig()
-    if not isinstance(config, TrainConfig):
-        raise BadInputError(f"config must be a TrainConfig, got {type(config).__name__}")
-    data = TrainData.of(data)
-    if out_dir is not None and getattr(data, "val", None) is None:
-        raise BadInputError("a run with out_dir needs validation data (data.val) for its metrics")
-    if resume and out_dir is None:
-        raise BadInputError("resume=True needs the out_dir that holds the checkpoint")
+    config, data = _checked(config, data, out_dir, resume)
     ctx = setup_distributed(config.device)
     try:
         if out_dir is not None:

@@ -104,13 +104,7 @@ def train_one_epoch(
         inputs, targets = inputs.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
         state.step, state.inputs, state.targets = step, inputs, targets
         hooks("on_step_begin", state)
-        with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = logits_of(net(inputs))
-            loss = compute_loss(state.loss_fn, logits.float(), targets, inputs)
-        state.outputs = logits.detach()
-        extra = hooks.extra_loss(state)
-        if extra is not None:
-            loss = loss + extra
+        logits, loss = _forward(net, state, hooks, ctx, bf16)
         value = _check_finite(loss, state, ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -130,6 +124,17 @@ def train_one_epoch(
             state.stop_training = True
             break
     return stats
+
+
+def _forward(net: nn.Module, state: TrainState, hooks: HookList, ctx: DistContext,
+             bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, loss) of the step's batch: the loss function's, plus the hooks' extra terms."""
+    with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = logits_of(net(state.inputs))
+        loss = compute_loss(state.loss_fn, logits.float(), state.targets, state.inputs)
+    state.outputs = logits.detach()
+    extra = hooks.extra_loss(state)
+    return logits, loss if extra is None else loss + extra
 
 
 def _accumulate(stats: EpochStats, state: TrainState, logits: torch.Tensor, targets: torch.Tensor,

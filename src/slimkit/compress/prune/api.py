@@ -91,10 +91,7 @@ def prune_(
 ) -> PruneResult:
     """Prune `model` in place (channels, heads, hidden units) to `config`'s budget; returns what was done.
 
-    `config.schedule` picks the technique (oneshot, iterative, lapp, precrop); `config.epochs`
-    trains through engine.fit on `data` (a DataBundle or a Dataset), distilling from the
-    unpruned model with `config.kd`; `config.unstructured` adds weight sparsity. Without
-    `example_inputs` the input size comes from `data` or the model's own configuration.
+    Schedules, training on `data` and weight sparsity (see PruneConfig) run in prune.schedules.
     `allocator(plan, round_to)` may replace the configured allocation with any family of kept
     counts indexed by a level in [0, max_layer_prune] (used by pruning at initialization)."""
     if example_inputs is None or config.schedule != "oneshot" or config.epochs or config.unstructured:
