@@ -2,13 +2,12 @@
 quantize --qat|--codebook, train --loss bias, and the same techniques as compress recipe steps."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 
-from slimkit.cli.main import main
 from slimkit.data import load_data
 from slimkit.engine import TrainConfig, fit
 from slimkit.models import load_model, load_model_dir
@@ -27,14 +26,8 @@ DATA = ("--data", "digits", "--train-samples", "256", "--val-samples", "128")
 
 
 def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["slimkit", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    return code, out + err
 
 
 @pytest.fixture(scope="module")

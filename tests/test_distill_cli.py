@@ -1,12 +1,11 @@
 """`slimkit distill` end to end (kd, multi-teacher, feature, dml) and its bad-input contract."""
 
 import json
-import sys
 
 import pytest
 import torch
 
-from slimkit.cli.main import main
+from cli_helpers import run_cli as run
 from slimkit.data import load_data
 from slimkit.engine import TrainConfig, fit
 from slimkit.models import load_model
@@ -26,17 +25,6 @@ small.input_size = (3, 12, 12)
 '''
 COMMON = ("--data", "digits", "--train-samples", "256", "--val-samples", "64", "--batch-size", "32",
           "--epochs", "1", "--lr", "0.01", "--trust-code")
-
-
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["slimkit", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,11 @@
 
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-from slimkit.cli.main import main
+from cli_helpers import run_cli as run
 from slimkit.models import load_model
 
 TINY = '''
@@ -19,18 +18,6 @@ def tiny_cnn(num_classes=10, in_chans=3):
                          nn.Linear(16, num_classes))
 tiny_cnn.input_size = (3, 16, 16)
 '''
-
-
-def run(monkeypatch, capsys, *args):
-    """Run the slimkit CLI in this process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["slimkit", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimkit.cli._training import strip_nproc
 from slimkit.cli.main import main
 from slimkit.data import load_data
 from slimkit.engine import TrainConfig, fit
-from slimkit.cli._training import strip_nproc
 from slimkit.engine.distributed import param_digest
 from slimkit.models import load_model
 

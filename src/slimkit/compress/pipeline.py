@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from slimkit.compress.budget import Budget, parse_budget
+from slimkit.compress.budget import parse_budget
 from slimkit.compress.recipe import STEPS, Recipe
 from slimkit.compress.steps import RunContext, StepResult
 from slimkit.errors import BadInputError
