@@ -157,11 +157,11 @@ def compress(
 def _module_info(model: nn.Module, info: Any, input_size: tuple | None) -> Any:
     """The ModelInfo of an in-memory model: the caller's, or one naming its class (rebuilt from the model itself)."""
     from slimkit.models import ModelInfo
+    from slimkit.models.resolve import declared_input_size
 
     if info is not None:
         return copy.deepcopy(info)
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    size = input_size or cfg.get("input_size") or getattr(model, "input_size", None)
+    size = input_size or declared_input_size(model)
     if size is None:
         raise BadInputError("compress needs the input size of an in-memory model: pass input_size=(C, H, W)")
     return ModelInfo(source="module", name=type(model).__name__, input_size=tuple(size))

@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from slimkit.errors import BadInputError, UnknownModelError
 
-__all__ = ["ModelInfo", "load_model", "available_model_names", "is_code_spec", "DEFAULT_MEAN", "DEFAULT_STD"]
+__all__ = ["ModelInfo", "load_model", "available_model_names", "is_code_spec", "declared_input_size", "DEFAULT_MEAN",
+           "DEFAULT_STD"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,13 @@ DEFAULT_INPUT_SIZE = (3, 224, 224)
 DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
 _FILE_SPEC = re.compile(r"^(?P<path>.+\.py):(?P<factory>[A-Za-z_]\w*)$")
+
+
+def declared_input_size(model: object) -> tuple[int, int, int] | None:
+    """The (C, H, W) a model states for itself: timm's pretrained_cfg, or an `input_size` attribute."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = cfg.get("input_size") or getattr(model, "input_size", None)
+    return tuple(size) if size is not None else None
 
 
 def is_code_spec(spec: object) -> bool:

@@ -32,11 +32,11 @@ UNSTRUCTURED_NOTE = (
 
 
 def _example(model: nn.Module, example_inputs: torch.Tensor | None, data: Any) -> torch.Tensor:
+    from slimkit.models.resolve import declared_input_size
+
     if example_inputs is not None:
         return example_inputs[:1].detach()
-    size = getattr(data, "input_size", None)
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    size = size or cfg.get("input_size") or getattr(model, "input_size", None)
+    size = getattr(data, "input_size", None) or declared_input_size(model)
     if size is None:
         raise BadInputError("prune_ needs example_inputs, or data / a model that states its input size")
     return torch.randn(1, *size)
