@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -24,7 +25,6 @@ from slimkit.engine.loop import TrainingDivergedError, default_loss, train_one_e
 from slimkit.engine.optim import build_optimizer, build_scheduler
 from slimkit.engine.outputs import finalize_outputs, prepare_out_dir
 from slimkit.engine.progress import LOG_FILE, ProgressBar, RunLog
-from slimkit.engine.sync_bn import convert_sync_batchnorm_, revert_sync_batchnorm_
 from slimkit.errors import BadInputError
 
 __all__ = ["fit", "FitResult", "TrainingDivergedError", "TrainData", "device_of"]
@@ -113,12 +113,22 @@ def _wrap(model: nn.Module, ctx: DistContext, sync_bn: bool) -> nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    if sync_bn and convert_sync_batchnorm_(model):
-        log.info("BatchNorm statistics synchronised over %d ranks", ctx.world_size)
+    if sync_bn:
+        from slimkit.engine.sync_bn import convert_sync_batchnorm_
+
+        log.info("BatchNorm statistics synchronised over %d ranks: %d layers", ctx.world_size,
+                 convert_sync_batchnorm_(model))
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     # Buffers are synchronised once per epoch (sync_buffers_), not overwritten by rank 0's at every forward.
     return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+
+
+def _revert_sync_bn(model: nn.Module) -> None:
+    # Loaded only by a data-parallel run with sync_bn: without the module, no layer was converted.
+    sync_bn = sys.modules.get("slimkit.engine.sync_bn")
+    if sync_bn is not None:
+        sync_bn.revert_sync_batchnorm_(model)
 
 
 def _prepare_loss(loss_fn: Any, config: TrainConfig, device: torch.device) -> tuple[Any, list[nn.Parameter]]:
@@ -234,7 +244,7 @@ class _Run:
         self.ctx.barrier()
 
     def finish(self, info: Any, extra: dict[str, Any]) -> FitResult:
-        revert_sync_batchnorm_(self.model)  # the saved and returned model holds plain BatchNorm layers
+        _revert_sync_bn(self.model)  # the saved and returned model holds plain BatchNorm layers
         self.model.eval()
         metrics = {**self._metrics(), **extra}
         if self.writes:
@@ -318,5 +328,5 @@ def fit(
             run.train()
             return run.finish(info, extra_metrics or {})
     finally:
-        revert_sync_batchnorm_(model)
+        _revert_sync_bn(model)
         ctx.close()
