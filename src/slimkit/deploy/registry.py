@@ -11,7 +11,12 @@ __all__ = ["register_exporter", "get_exporter", "list_exporters"]
 
 _EXPORTERS: dict[str, Callable] = {}
 # Built-in exporters live in their own modules; importing one registers it.
-_BUILTIN = {"onnx": "slimkit.deploy.onnx_export"}
+_BUILTIN = {
+    "onnx": "slimkit.deploy.onnx_export",
+    "openvino": "slimkit.deploy.openvino_export",
+    "tflite": "slimkit.deploy.tflite_export",
+    "executorch": "slimkit.deploy.executorch_export",
+}
 
 
 def register_exporter(name: str) -> Callable[[Callable], Callable]:
