@@ -17,7 +17,7 @@ from slimkit.errors import BadInputError
 __all__ = ["Recipe", "Step", "load_recipe", "builtin_recipes", "RECIPE_VERSION", "StepType"]
 
 RECIPE_VERSION = 1
-StepType = Literal["train", "prune", "finetune", "quantize", "export"]
+StepType = Literal["train", "prune", "finetune", "quantize", "export", "deploy"]
 
 
 class Step(BaseModel):

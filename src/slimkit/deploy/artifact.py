@@ -27,9 +27,10 @@ __all__ = ["ArtifactReport", "staged", "check_images", "conversion_error", "quie
 log = logging.getLogger(__name__)
 
 DEFAULT_ATOL = 1e-4  # fp32 artifacts: as the ONNX export check
-# int8 artifacts against their fake-quant reference: integer kernels round requantization differently from
-# float simulation, a few output quantization steps at most on the models measured (docs/deploy-runtimes.md).
-INT8_ATOL = 0.05
+# int8 artifacts against their fake-quant reference: integer kernels round and requantize differently from the
+# float simulation, and the differences add up with depth. Measured on resnet18 at 224 (logit scale ~10):
+# ORT int8 3.5-6% of the scale, OpenVINO 6-11%, while int8 itself moved the logits 10-14% from fp32.
+INT8_ATOL = 0.15
 
 
 @dataclass
