@@ -55,7 +55,7 @@ def _same_model(fp32_onnx: Path, net, x: np.ndarray) -> None:
 
 
 def export_to_runtimes(model: str, out: Path, to: str, *, input_size, int8_dir, check_data, threads, latency,
-                       repetitions) -> dict:
+                       repetitions, atol: float = 1e-4) -> dict:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from slimkit.deploy.multi import export_multi
@@ -77,12 +77,13 @@ def export_to_runtimes(model: str, out: Path, to: str, *, input_size, int8_dir, 
                   transient=True) as bar:
         task = bar.add_task("exporting", total=None)
         data = export_multi(net, size, out, names, check_x=check_x, int8=int8, threads=threads, latency=latency,
-                            repetitions=repetitions, skip_unavailable=everything,
+                            repetitions=repetitions, atol=atol, skip_unavailable=everything,
                             say=lambda msg: bar.update(task, description=msg),
                             extra={"model": info.to_dict(), "check_data": check_data if int8 is None else "calibration"})
     save_resolved_args(out, "export", {"model": model, "out": str(out), "to": to, "input_size": list(size),
                                        "int8": str(int8_dir) if int8_dir else None, "check_data": check_data,
-                                       "threads": threads, "latency": latency, "repetitions": repetitions})
+                                       "threads": threads, "latency": latency, "repetitions": repetitions,
+                                       "atol": atol})
     _print(con, out, data)
     return data
 

@@ -44,7 +44,7 @@ def export(
         from slimkit.cli._export_multi import export_to_runtimes
 
         export_to_runtimes(model, out, to, input_size=input_size, int8_dir=int8, check_data=check_data,
-                           threads=threads, latency=latency, repetitions=repetitions)
+                           threads=threads, latency=latency, repetitions=repetitions, atol=atol)
         return
     if int8 is not None:
         from slimkit.errors import BadInputError

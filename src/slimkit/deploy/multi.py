@@ -49,15 +49,16 @@ def runtime_unavailable_reason(name: str) -> str | None:
     return None if version else f"{name}: {why}"
 
 
-def _fp32(model, input_size, runtime: str, folder: Path, check_x: np.ndarray):
+def _fp32(model, input_size, runtime: str, folder: Path, check_x: np.ndarray, atol: float):
     from slimkit.deploy.registry import get_exporter
 
     rt = get_runtime(runtime)
     if runtime == "onnx":  # its check takes a tensor, at batch 1 and 2
         import torch
 
-        return get_exporter("onnx")(model, input_size, folder / "model.onnx", check_inputs=torch.from_numpy(check_x))
-    return get_exporter(runtime)(model, input_size, folder / f"model{rt.suffix}", check_inputs=check_x)
+        return get_exporter("onnx")(model, input_size, folder / "model.onnx", check_inputs=torch.from_numpy(check_x),
+                                    atol=atol)
+    return get_exporter(runtime)(model, input_size, folder / f"model{rt.suffix}", check_inputs=check_x, atol=atol)
 
 
 def _int8(model, input_size, runtime: str, folder: Path, int8: Int8Source, check_x: np.ndarray):
@@ -126,6 +127,7 @@ def export_multi(
     threads: int = 1,
     latency: bool = True,
     repetitions: int = 50,
+    atol: float = 1e-4,
     skip_unavailable: bool = False,
     say: Callable[[str], None] | None = None,
     extra: dict[str, Any] | None = None,
@@ -133,6 +135,7 @@ def export_multi(
     """Export `model` (unchanged) to every runtime in `runtimes`; returns deploy.json's content.
 
     Any failed conversion or check raises (one line naming the runtime) and leaves `out_dir` untouched.
+    `atol`: fp32 parity tolerance relative to max(1, output scale); int8 uses artifact.INT8_ATOL.
     `skip_unavailable`: runtimes not installed here are recorded as unavailable instead of raising.
     """
     say = say or (lambda msg: log.info(msg))
@@ -147,7 +150,7 @@ def export_multi(
         artifacts: dict[str, Any] = {}
         for name in chosen:
             say(f"{name}: exporting fp32 and checking it in {RUNTIMES[name].title}")
-            artifacts[f"{name}:fp32"] = _fp32(model, input_size, name, tmp, check_x)
+            artifacts[f"{name}:fp32"] = _fp32(model, input_size, name, tmp, check_x, atol)
             if int8 is not None:
                 say(f"{name}: int8, checked against its fake-quant reference")
                 artifacts[f"{name}:int8"] = _int8(model, input_size, name, tmp, int8, check_x)
