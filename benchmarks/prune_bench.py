@@ -24,11 +24,17 @@ import torch.nn as nn
 
 from slimkit.compress.prune import PruneConfig, prune_
 from slimkit.compress.prune.criteria import Calibration
-from slimkit.compress.prune.finetune import evaluate, finetune, loader
 from slimkit.compress.prune.measure import count_macs, ort_runner
+from slimkit.compress.prune.training import calibration_batches, finetune
 from slimkit.data import load_data
+from slimkit.engine import evaluate as engine_evaluate
 from slimkit.models import load_model
 from slimkit.profile.timing import measure_interleaved
+
+
+def evaluate(model, dataset) -> float:
+    return engine_evaluate(model, dataset)["top1"]
+
 
 CRITERIA = ["l1", "l2", "bn_scale", "taylor", "random", "lrp"]
 
@@ -57,7 +63,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     data = load_data("fashion-mnist", input_size=(3, args.side, args.side), train_samples=args.train,
                      val_samples=args.val, seed=0)
-    calib = Calibration([b for i, b in zip(range(4), loader(data.train, 32, True))])
+    calib = Calibration(calibration_batches(data.train, 4))
     lat_x = torch.randn(1, 3, args.latency_side, args.latency_side)
     x = torch.randn(1, 3, args.side, args.side)
     results = {"conditions": _conditions(args), "rows": []}

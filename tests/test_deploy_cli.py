@@ -65,8 +65,8 @@ def test_export_to_runtimes_with_int8(tmp_path, monkeypatch, capsys, model_file)
 def test_export_bad_inputs_one_line_exit_2(tmp_path, monkeypatch, capsys, model_file):
     spec = f"{model_file}:digits_model"
     assert run_cli(monkeypatch, "export", spec, "--to", "onnx,coreml", "--out", tmp_path / "a") == 2
-    assert capsys.readouterr().err.strip() == ("error: unknown runtime 'coreml'; choose from onnx, openvino, tflite, "
-                                               "executorch (or all)")
+    assert capsys.readouterr().err.strip() == ("error: unknown runtime 'coreml'; choose from executorch, onnx, openvino, "
+                                               "tflite (or all)")
     assert run_cli(monkeypatch, "export", spec, "--format", "onnx", "--int8", tmp_path, "--out", tmp_path / "m.onnx") == 2
     assert "--int8 needs --to" in capsys.readouterr().err
     if runtime_unavailable_reason("executorch") is None:

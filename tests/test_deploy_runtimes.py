@@ -219,7 +219,7 @@ def test_unlowerable_op_names_runtime_and_op(runtime, tmp_path):
 
 
 def test_unknown_and_unavailable_runtimes(monkeypatch, tmp_path):
-    with pytest.raises(BadInputError, match="unknown runtime 'coreml'; choose from onnx, openvino, tflite, executorch"):
+    with pytest.raises(BadInputError, match="unknown runtime 'coreml'; choose from executorch, onnx, openvino, tflite"):
         parse_runtimes("onnx,coreml")
     assert parse_runtimes("all") == RUNTIMES and parse_runtimes("OpenVINO, onnx ,openvino") == ["openvino", "onnx"]
     import slimkit.deploy.runtime as rt

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from slimkit.compress.prune import PruneConfig, prune_
-from slimkit.compress.prune.measure import count_macs, export_onnx
+from slimkit.compress.prune.measure import count_macs
+from slimkit.deploy.onnx_export import export_onnx
 from slimkit.models import load_model, load_model_dir, save_model_dir
 
 # (spec, input side, extra kwargs). ViT-style models are built at the small input size.
@@ -66,7 +67,7 @@ def _check(spec, side, kwargs, tmp_path):
         out = model(x)
     assert out.shape == (2, 10)
     path = tmp_path / "model.onnx"
-    export_onnx(model, x, str(path))
+    export_onnx(model, (3, side, side), path)
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -166,13 +166,12 @@ def test_config_round_trip(tmp_path):
 
 def test_quantizer_registry():
     from slimkit.compress.quantize import get_quantizer, list_quantizers, register_quantizer
-    from slimkit.compress.quantize.codebook import codebook_compress
-    from slimkit.compress.quantize.qat import prepare_qat
+    from slimkit.compress.quantize.api import quantize_with_codebook, quantize_with_ptq, quantize_with_qat
     from slimkit.errors import BadInputError
 
     assert list_quantizers() == ["codebook", "ptq", "qat"]
-    assert get_quantizer("PTQ") is quantize_ptq and get_quantizer("qat") is prepare_qat
-    assert get_quantizer("codebook") is codebook_compress
+    assert get_quantizer("PTQ") is quantize_with_ptq and get_quantizer("qat") is quantize_with_qat
+    assert get_quantizer("codebook") is quantize_with_codebook
     from slimkit.compress.quantize import registry
 
     register_quantizer("noop")(lambda model, *a, **k: model)

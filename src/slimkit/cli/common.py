@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import typer
 
-from slimkit.utils.io import atomic_write_json
+from slimkit.utils.io import save_resolved_args  # noqa: F401  (re-exported for the commands)
 
 MODEL_HELP = "timm:NAME, tv:NAME, NAME, a slimkit model directory, or path/to/file.py:factory"
 INPUT_SIZE_OPT = typer.Option(None, "--input-size", help="CxHxW, e.g. 3x32x32 (default: the model's own)")
@@ -20,10 +17,3 @@ def console():
     from rich.console import Console
 
     return Console()
-
-
-def save_resolved_args(out_dir: str | Path, command: str, args: dict[str, Any]) -> Path:
-    """Record the command's resolved arguments next to its outputs (args.json)."""
-    from slimkit._version import __version__
-
-    return atomic_write_json(Path(out_dir) / "args.json", {"command": command, "slimkit": __version__, "args": args})

@@ -47,6 +47,7 @@ def distill(
     grad_clip: Optional[float] = T.CLIP_OPT,
     seed: Optional[int] = T.SEED_OPT,
     bf16: Optional[bool] = T.BF16_OPT,
+    sync_bn: Optional[bool] = T.SYNC_BN_OPT,
     num_workers: Optional[int] = T.WORKERS_OPT,
     device: Optional[str] = T.DEVICE_OPT,
     weights: Optional[Path] = T.WEIGHTS_OPT,

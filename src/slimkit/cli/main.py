@@ -57,6 +57,18 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _click_types(name: str) -> tuple[type, ...]:
+    """Exception class `name` of every click the CLI may raise from: Typer >= 0.29 bundles its own
+    copy (typer._click), whose classes are not click's."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -66,7 +78,7 @@ def main() -> None:
     """Console-script entry: user errors print one line and exit 2 (traceback only with --debug)."""
     debug = "--debug" in sys.argv[1:] or os.environ.get("SLIMKIT_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=False, prog_name="slimkit")
     except SlimkitError as exc:
         if debug:
             raise
@@ -74,15 +86,13 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (typer.Exit, SystemExit) as exc:
         sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
-    except typer.Abort:
+    except (typer.Abort, *_click_types("Abort")):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except _click_types("ClickException") as exc:  # usage errors: usage + message, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
         if debug:
             raise
         typer.echo(f"error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)", err=True)

@@ -14,7 +14,7 @@ __all__ = ["register", "TRAIN_FLAGS"]
 
 # Options shared with `slimkit distill`: each maps onto a TrainConfig field of the same name.
 TRAIN_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "warmup_epochs", "schedule",
-               "label_smoothing", "grad_clip", "seed", "bf16", "num_workers", "device")
+               "label_smoothing", "grad_clip", "seed", "bf16", "sync_bn", "num_workers", "device")
 
 OUT_OPT = typer.Option(..., "--out", "-o", help="Run directory; ends as a model directory + metrics.json")
 RESUME_OPT = typer.Option(False, "--resume", help="Continue the run in --out from its last completed epoch")
@@ -33,6 +33,7 @@ SMOOTH_OPT = typer.Option(None, "--label-smoothing", help="Label smoothing (defa
 CLIP_OPT = typer.Option(None, "--grad-clip", help="Clip the global gradient norm to this value")
 SEED_OPT = typer.Option(None, "--seed", help="Seed for weights init, shuffling and dropout (default 0)")
 BF16_OPT = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (where the device supports it)")
+SYNC_BN_OPT = typer.Option(None, "--sync-bn/--no-sync-bn", help="With --nproc: BatchNorm statistics over the global batch")
 WORKERS_OPT = typer.Option(None, "--num-workers", min=0, help="DataLoader worker processes (default 0)")
 DEVICE_OPT = typer.Option(None, "--device", help="auto | cpu | cuda[:N]")
 WEIGHTS_OPT = typer.Option(None, "--weights", help="Initial weights (.safetensors, or a torch file read safely)")
@@ -63,6 +64,7 @@ def train(
     grad_clip: Optional[float] = CLIP_OPT,
     seed: Optional[int] = SEED_OPT,
     bf16: Optional[bool] = BF16_OPT,
+    sync_bn: Optional[bool] = SYNC_BN_OPT,
     num_workers: Optional[int] = WORKERS_OPT,
     device: Optional[str] = DEVICE_OPT,
     weights: Optional[Path] = WEIGHTS_OPT,

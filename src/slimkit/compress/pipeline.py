@@ -99,7 +99,7 @@ def _run_steps(recipe: Recipe, ctx: RunContext, model: torch.nn.Module, state: d
         else:
             work = ctx.out_dir / ".work" / name
             work.parent.mkdir(parents=True, exist_ok=True)
-            result = STEPS[step.type](ctx, model, dict(step.params), work)
+            result = STEPS.get(step.type)(ctx, model, dict(step.params), work)
             _save_step(ctx.out_dir, name, result, ctx, work, step.model_dump())
             state["completed"].append({"name": name, "type": step.type})
             atomic_write_json(ctx.out_dir / STATE_FILE, state)

@@ -15,16 +15,18 @@ import torch
 import torch.nn as nn
 
 from slimkit.compress.budget import Budget
-from slimkit.errors import BadInputError
+from slimkit.errors import BadInputError, SlimkitError
+from slimkit.utils.registry import Registry
 
 __all__ = ["RunContext", "StepResult", "register_step", "STEPS"]
 
 log = logging.getLogger(__name__)
-STEPS: dict[str, Callable[..., "StepResult"]] = {}
+STEPS: Registry = Registry("compress step")
 # int8 weights take a quarter of fp32's bytes: what a size budget leaves to pruning when a quantize step follows.
 INT8_SIZE_FACTOR = 4.0
 TARGET_MARGIN = 0.95
 INT8_GAIN_MARGIN = 0.7  # a pruned model gains less from int8 than the original: count on 70% of it
+MAX_PRUNE_TARGET = 0.95  # PruneConfig targets are fractions below 1
 
 
 @dataclass
@@ -52,11 +54,8 @@ class StepResult:
 
 
 def register_step(name: str) -> Callable:
-    def deco(fn: Callable[..., StepResult]) -> Callable[..., StepResult]:
-        STEPS[name] = fn
-        return fn
-
-    return deco
+    """Register `fn(ctx, model, params, work_dir) -> StepResult`: recipes may then name it as a step type."""
+    return STEPS.register(name)
 
 
 def _check_params(step: str, params: dict[str, Any], allowed: set[str]) -> None:
@@ -97,7 +96,8 @@ def _prune_target(ctx: RunContext, params: dict[str, Any]) -> tuple[str, dict[st
         return f"{budget.kind}={budget.fraction * TARGET_MARGIN:g}", {"from": "budget"}
     if budget.kind == "size":
         factor = INT8_SIZE_FACTOR if ctx.has_quantize else 1.0
-        return f"params={min(0.95, budget.fraction * factor * TARGET_MARGIN):g}", {"from": "budget", "int8_size_factor": factor}
+        how = {"from": "budget", "int8_size_factor": factor}
+        return f"params={_clamped(budget.fraction * factor * TARGET_MARGIN, how):g}", how
     fraction, how = _latency_fraction(ctx), {"from": "budget"}
     if ctx.has_quantize and params.get("int8_aware", True):
         # Leave to int8 only the speedup it was just measured to give this model, with a margin.
@@ -107,21 +107,33 @@ def _prune_target(ctx: RunContext, params: dict[str, Any]) -> tuple[str, dict[st
         gain = measure_int8_gain(ctx.original, ctx.input_size, calib_x[:32].numpy(), ctx.threads)
         how["int8_gain"] = gain
         fraction = fraction * max(1.0, gain["gain"] * INT8_GAIN_MARGIN)
-    if fraction >= 0.95:
-        fraction = 0.95
-    return f"latency={fraction:g}", how
+    return f"latency={_clamped(fraction, how):g}", how
+
+
+def _clamped(fraction: float, how: dict[str, Any]) -> float:
+    """The pruner's target, at most MAX_PRUNE_TARGET; a clamp is recorded in `how` and logged."""
+    if fraction < MAX_PRUNE_TARGET:
+        return fraction
+    how["clamped"] = {"wanted": fraction, "used": MAX_PRUNE_TARGET,
+                      "why": "the later steps are expected to meet the budget alone; pruning stays light"}
+    log.warning("prune target %.3f of the original clamped to %g: %s", fraction, MAX_PRUNE_TARGET,
+                how["clamped"]["why"])
+    return MAX_PRUNE_TARGET
 
 
 def _latency_fraction(ctx: RunContext) -> float:
     budget = ctx.budget
     if budget.fraction is not None:
         return budget.fraction
-    # An absolute latency: convert with the original's measured ONNX Runtime latency.
+    # An absolute latency is ONNX Runtime milliseconds (what the report measures): never convert with torch's.
     from slimkit.profile.latency import measure_latency
 
-    timing, _ = measure_latency(ctx.original, torch.randn(1, *ctx.input_size), threads=ctx.threads,
-                                repetitions=30, min_time_s=0.5)
-    base_ms = timing.get("onnxruntime", timing["torch"]).median
+    timing, errors = measure_latency(ctx.original, torch.randn(1, *ctx.input_size), threads=ctx.threads,
+                                     repetitions=30, min_time_s=0.5)
+    if "onnxruntime" not in timing:
+        raise SlimkitError(f"latency budget {budget} is ONNX Runtime time, but ONNX Runtime cannot run the model "
+                           f"({errors.get('onnxruntime', 'unknown error')})")
+    base_ms = timing["onnxruntime"].median
     fraction = budget.absolute_ms / base_ms
     if not 0.0 < fraction < 1.0:
         raise BadInputError(f"latency budget {budget} vs baseline {base_ms:.3f} ms: nothing to prune (fraction {fraction:.3f})")

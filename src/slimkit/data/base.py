@@ -7,7 +7,6 @@ so a 60k-image dataset costs 47 MB rather than gigabytes of float tensors.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,10 +16,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from slimkit.errors import DataError
+from slimkit.utils.registry import Registry
 
-__all__ = ["DataBundle", "ImageTensorDataset", "register_source", "load_data", "list_sources", "split_indices"]
+__all__ = ["DataBundle", "ImageTensorDataset", "SOURCES", "register_source", "load_data", "list_sources", "split_indices"]
 
-_SOURCES: dict[str, Callable[..., "DataBundle"]] = {}
 # Sources live in their own modules; importing one registers it.
 _SOURCE_MODULES = {
     "digits": "slimkit.data.digits",
@@ -34,18 +33,16 @@ DEFAULT_MEAN = (0.5,)
 DEFAULT_STD = (0.5,)
 
 
+SOURCES: Registry = Registry("data source", modules=_SOURCE_MODULES, error=DataError)
+
+
 def register_source(name: str) -> Callable:
     """Register `fn(path, *, seed, **kw) -> (train_x, train_y, val_x, val_y, class_names)`."""
-
-    def deco(fn: Callable) -> Callable:
-        _SOURCES[name] = fn
-        return fn
-
-    return deco
+    return SOURCES.register(name)
 
 
 def list_sources() -> list[str]:
-    return sorted(_SOURCE_MODULES)
+    return SOURCES.names()
 
 
 class ImageTensorDataset(Dataset):
@@ -141,10 +138,9 @@ def load_data(
 ) -> DataBundle:
     """Load a data source by spec (`name[:PATH]`) as train/val splits at `input_size`."""
     name, path = parse_spec(spec)
-    if name not in _SOURCE_MODULES:
-        raise DataError(f"unknown data source {name!r}; choose from {', '.join(list_sources())}")
-    importlib.import_module(_SOURCE_MODULES[name])
-    tx, ty, vx, vy, classes = _SOURCES[name](path, seed=seed, input_size=tuple(input_size))
+    source = SOURCES.get(name)
+    name = SOURCES.canonical(name)
+    tx, ty, vx, vy, classes = source(path, seed=seed, input_size=tuple(input_size))
     if len(ty) == 0 or len(vy) == 0:
         raise DataError(f"data source {spec!r} is empty (train {len(ty)}, val {len(vy)} images)")
     tx, ty = _subset(tx, ty, train_samples, seed)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from slimkit.errors import BadInputError, SlimkitError
+from slimkit.utils.registry import Registry
 
 __all__ = ["RUNTIMES", "Runtime", "RuntimeUnavailable", "RuntimeCheck", "ParityError", "get_runtime",
            "parse_runtimes", "runtime_status", "open_runner", "check_parity"]
@@ -34,12 +35,16 @@ class Runtime:
     suffix: str  # artifact file suffix
 
 
-RUNTIMES: dict[str, Runtime] = {
-    "onnx": Runtime("onnx", "ONNX Runtime", "onnxruntime", "onnxruntime", "", ".onnx"),
-    "openvino": Runtime("openvino", "OpenVINO Runtime", "openvino", "openvino", "openvino", ".xml"),
-    "tflite": Runtime("tflite", "LiteRT", "ai_edge_litert", "ai-edge-litert", "litert", ".tflite"),
-    "executorch": Runtime("executorch", "ExecuTorch", "executorch.runtime", "executorch", "executorch", ".pte"),
-}
+_CATALOGUE = (
+    Runtime("onnx", "ONNX Runtime", "onnxruntime", "onnxruntime", "", ".onnx"),
+    Runtime("openvino", "OpenVINO Runtime", "openvino", "openvino", "openvino", ".xml"),
+    Runtime("tflite", "LiteRT", "ai_edge_litert", "ai-edge-litert", "litert", ".tflite"),
+    Runtime("executorch", "ExecuTorch", "executorch.runtime", "executorch", "executorch", ".pte"),
+)
+RUNTIMES: dict[str, Runtime] = {rt.name: rt for rt in _CATALOGUE}  # in the order `all` exports them
+_REGISTRY: Registry = Registry("runtime")
+for _rt in _CATALOGUE:
+    _REGISTRY.add(_rt.name, _rt)
 
 
 class RuntimeUnavailable(BadInputError):
@@ -51,10 +56,10 @@ class ParityError(SlimkitError):
 
 
 def get_runtime(name: str) -> Runtime:
-    key = str(name).strip().lower()
-    if key not in RUNTIMES:
-        raise BadInputError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)} (or all)")
-    return RUNTIMES[key]
+    try:
+        return _REGISTRY.get(str(name).strip())
+    except BadInputError as exc:
+        raise BadInputError(f"{exc} (or all)") from None
 
 
 def parse_runtimes(text: str | Sequence[str]) -> list[str]:

@@ -25,6 +25,7 @@ class TrainConfig:
     """Hyper-parameters of one training run (batch_size is the global batch across all processes)."""
 
     epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps (fractional epochs); the LR schedule ends there
     batch_size: int = 64
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -37,6 +38,7 @@ class TrainConfig:
     grad_clip: float | None = None
     seed: int = 0
     bf16: bool = False
+    sync_bn: bool = False  # data-parallel: BatchNorm statistics over the global batch, not each rank's slice
     num_workers: int = 0
     drop_last: bool = False
     eval_batch_size: int = 256
@@ -61,7 +63,11 @@ class TrainConfig:
             setattr(self, name, _as_float(name, getattr(self, name)))
         if self.grad_clip is not None:
             self.grad_clip = _as_float("grad_clip", self.grad_clip)
-        for name in ("bf16", "drop_last"):
+        if self.max_steps is not None:
+            if isinstance(self.max_steps, bool) or not float(self.max_steps).is_integer():
+                raise BadInputError(f"train config: max_steps must be an integer, got {self.max_steps!r}")
+            self.max_steps = int(self.max_steps)
+        for name in ("bf16", "drop_last", "sync_bn"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"train config: {name} must be true or false, got {getattr(self, name)!r}")
         for name in ("optimizer", "schedule", "device"):
@@ -71,6 +77,7 @@ class TrainConfig:
         checks = [
             (self.version <= CONFIG_VERSION, f"version {self.version} is newer than this slimkit ({CONFIG_VERSION})"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
             (self.optimizer in _OPTIMIZERS,

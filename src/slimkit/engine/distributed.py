@@ -21,7 +21,7 @@ import torch.nn as nn
 from slimkit.errors import BadInputError, SlimkitError
 
 __all__ = ["DistContext", "setup_distributed", "launch_torchrun", "strip_nproc", "allreduce_mean_", "param_digest",
-           "gather_objects", "in_torchrun"]
+           "gather_objects", "in_torchrun", "sync_buffers_"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,24 @@ def allreduce_mean_(tensors: Iterable[torch.Tensor], ctx: DistContext) -> None:
         t.div_(ctx.world_size)
 
 
+def sync_buffers_(model: nn.Module, ctx: DistContext) -> None:
+    """Make every rank's buffers equal (in place): floating ones averaged, the rest taken from rank 0.
+
+    Each rank's BatchNorm running statistics follow its own slice of the global batch
+    (DDP runs with broadcast_buffers=False). Averaging them is exact for the running mean
+    (an average of the slices' exponential averages is the exponential average of the
+    global batch means) and, for the running variance, the average of the slices' variances.
+    """
+    if not ctx.distributed:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            torch.distributed.all_reduce(buffer)
+            buffer.div_(ctx.world_size)
+        else:
+            torch.distributed.broadcast(buffer, src=0)
+
+
 def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     """[obj of rank 0, obj of rank 1, ...] on every rank (just [obj] in a single process)."""
     if not ctx.distributed:
@@ -103,11 +121,12 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
 
 
 def param_digest(model: nn.Module) -> str:
-    """sha256 over every state tensor's bytes: equal digests mean bit-identical weights."""
+    """sha256 over every state tensor's bytes: equal digests mean bit-identical weights (and buffers)."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        # reshape(-1) first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -12,21 +12,22 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from slimkit.engine.checkpoint import (CHECKPOINT_FILE, capture_rng, data_fingerprint, load_checkpoint,
                                       restore_checkpoint, save_checkpoint)
 from slimkit.engine.config import TrainConfig
-from slimkit.engine.distributed import DistContext, gather_objects, param_digest, setup_distributed
+from slimkit.engine.distributed import DistContext, gather_objects, param_digest, setup_distributed, sync_buffers_
 from slimkit.engine.evaluate import evaluate
 from slimkit.engine.hooks import Hook, HookList, TrainState
 from slimkit.engine.loop import TrainingDivergedError, default_loss, train_one_epoch
 from slimkit.engine.optim import build_optimizer, build_scheduler
 from slimkit.engine.outputs import finalize_outputs, prepare_out_dir
 from slimkit.engine.progress import LOG_FILE, ProgressBar, RunLog
+from slimkit.engine.sync_bn import convert_sync_batchnorm_, revert_sync_batchnorm_
 from slimkit.errors import BadInputError
 
-__all__ = ["fit", "FitResult", "TrainingDivergedError"]
+__all__ = ["fit", "FitResult", "TrainingDivergedError", "TrainData", "device_of"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,31 @@ class FitResult:
     @property
     def epochs_completed(self) -> int:
         return int(self.metrics["epochs_completed"])
+
+
+@dataclass
+class TrainData:
+    """In-memory training data for fit(): a train set and an optional val set (no per-epoch evaluation without)."""
+
+    train: Any
+    val: Any = None
+    class_names: Sequence[str] = ()
+
+    @classmethod
+    def of(cls, data: Any) -> Any:
+        """A DataBundle or TrainData as it is; a Dataset, or a pair of tensors (inputs, labels), as a train set."""
+        if hasattr(data, "train"):
+            return data
+        if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+            return cls(TensorDataset(*data))
+        if isinstance(data, Dataset):
+            return cls(data)
+        raise BadInputError(f"data must be a DataBundle, a Dataset or (inputs, labels) tensors, got {type(data).__name__}")
+
+
+def device_of(model: nn.Module) -> str:
+    """The device `model`'s parameters live on, as a TrainConfig.device value (keeps fit from moving it)."""
+    return str(next((p.device for p in model.parameters()), torch.device("cpu")))
 
 
 @contextlib.contextmanager
@@ -82,13 +108,17 @@ def _loader(train: Any, config: TrainConfig, ctx: DistContext) -> tuple[DataLoad
     return loader, sampler
 
 
-def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
+def _wrap(model: nn.Module, ctx: DistContext, sync_bn: bool) -> nn.Module:
     if not ctx.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    if sync_bn and convert_sync_batchnorm_(model):
+        log.info("BatchNorm statistics synchronised over %d ranks", ctx.world_size)
+
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # Buffers are synchronised once per epoch (sync_buffers_), not overwritten by rank 0's at every forward.
+    return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
 
 def _prepare_loss(loss_fn: Any, config: TrainConfig, device: torch.device) -> tuple[Any, list[nn.Parameter]]:
@@ -115,10 +145,12 @@ class _Run:
         self.loader, self.sampler = _loader(data.train, config, ctx)
         optimizer = build_optimizer([*model.parameters(), *self.loss_params], config)
         scheduler = build_scheduler(optimizer, config, len(self.loader))
+        total = config.epochs * len(self.loader) if config.max_steps is None else min(
+            config.epochs * len(self.loader), config.max_steps)
         self.state = TrainState(model, optimizer, scheduler, config, self.loss_fn, steps_per_epoch=len(self.loader),
-                                rank=ctx.rank, world_size=ctx.world_size)
+                                total_steps=total, rank=ctx.rank, world_size=ctx.world_size)
         self.log = RunLog(self.out_dir / LOG_FILE if self.writes else None)
-        self.net, self.bf16 = _wrap(model, ctx), _bf16_ok(ctx.device, config.bf16)
+        self.net, self.bf16 = _wrap(model, ctx, config.sync_bn), _bf16_ok(ctx.device, config.bf16)
         self.epoch, self.history, self.last_eval = 0, [], {}
         self.progress = progress and ctx.is_main
         self.fingerprint = data_fingerprint(data) if self.writes else None
@@ -130,7 +162,7 @@ class _Run:
             self.log.write("resume", epoch=self.epoch, global_step=self.state.global_step)
         else:
             self.log.write("start", config=self.config.to_dict(), world_size=self.ctx.world_size,
-                           num_train=len(self.data.train), num_val=len(self.data.val))
+                           num_train=len(self.data.train), num_val=_size(self.data.val))
 
     def _resume(self) -> None:
         path = self.out_dir / CHECKPOINT_FILE
@@ -153,7 +185,8 @@ class _Run:
 
     def train(self) -> None:
         with ProgressBar(self.progress, self.config.epochs) as bar:
-            while self.epoch < self.config.epochs and not self.state.stop_training:
+            while (self.epoch < self.config.epochs and not self.state.stop_training
+                   and self.state.global_step < self.state.total_steps):
                 self._one_epoch(bar)
 
     def _one_epoch(self, bar: ProgressBar) -> None:
@@ -170,16 +203,19 @@ class _Run:
             kept = (f"last good checkpoint: {self.out_dir / CHECKPOINT_FILE} (epoch {epoch})"
                     if self.out_dir is not None and epoch else "no checkpoint was written yet")
             raise TrainingDivergedError(f"{exc}; {kept}") from None
-        self.last_eval = evaluate(self.model, self.data.val, batch_size=self.config.eval_batch_size,
-                                  device=self.ctx.device, bf16=self.bf16)
-        record = {"epoch": epoch + 1, **stats.summary(self.ctx), "val_top1": self.last_eval["top1"],
-                  "val_top5": self.last_eval["top5"], "val_loss": self.last_eval["loss"],
+        sync_buffers_(self.model, self.ctx)
+        if self.data.val is not None:
+            self.last_eval = evaluate(self.model, self.data.val, batch_size=self.config.eval_batch_size,
+                                      device=self.ctx.device, bf16=self.bf16)
+        record = {"epoch": epoch + 1, **stats.summary(self.ctx), "val_top1": self.last_eval.get("top1"),
+                  "val_top5": self.last_eval.get("top5"), "val_loss": self.last_eval.get("loss"),
                   "lr": state.optimizer.param_groups[0]["lr"], "seconds": stats.seconds}
         state.metrics = record
         self.hooks("on_epoch_end", state)
         self.history.append(record)
         self.epoch += 1
-        bar.end_epoch(f"loss {record['train_loss']:.4f}  val top-1 {record['val_top1']:.4f}")
+        val = f"  val top-1 {record['val_top1']:.4f}" if record["val_top1"] is not None else ""
+        bar.end_epoch(f"loss {record['train_loss']:.4f}{val}")
         self._checkpoint(record)
 
     def _checkpoint(self, record: dict[str, Any]) -> None:
@@ -198,6 +234,7 @@ class _Run:
         self.ctx.barrier()
 
     def finish(self, info: Any, extra: dict[str, Any]) -> FitResult:
+        revert_sync_batchnorm_(self.model)  # the saved and returned model holds plain BatchNorm layers
         self.model.eval()
         metrics = {**self._metrics(), **extra}
         if self.writes:
@@ -212,7 +249,7 @@ class _Run:
             "accuracy": ev.get("top1"), "top5": ev.get("top5"), "val_loss": ev.get("loss"),
             "epochs_completed": self.epoch, "epochs": self.config.epochs,
             "train_loss": last.get("train_loss"), "train_accuracy": last.get("train_accuracy"),
-            "num_train": len(self.data.train), "num_val": len(self.data.val),
+            "num_train": len(self.data.train), "num_val": _size(self.data.val),
             "confusion_matrix": ev.get("confusion_matrix"), "config": self.config.to_dict(),
         }
         if self.ctx.distributed:
@@ -223,6 +260,10 @@ class _Run:
             if not in_sync:
                 log.warning("ranks ended with different weights: %s", digests)
         return metrics
+
+
+def _size(dataset: Any) -> int:
+    return 0 if dataset is None else len(dataset)
 
 
 def fit(
@@ -241,6 +282,8 @@ def fit(
 ) -> FitResult:
     """Train `model` in place (left in eval mode) on data.train, evaluating on data.val every epoch.
 
+    `data`: a DataBundle, a TrainData (val optional), a Dataset or (inputs, labels) tensors.
+
     With `out_dir`, every epoch ends with an atomic checkpoint and a train_log.jsonl
     record, and the run ends as a model directory (with `info`, the model's ModelInfo)
     plus metrics.json. `resume=True` continues from the last completed epoch and
@@ -253,8 +296,9 @@ def fit(
     config = config or TrainConfig()
     if not isinstance(config, TrainConfig):
         raise BadInputError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if not (hasattr(data, "train") and hasattr(data, "val")):
-        raise BadInputError(f"data must have .train and .val datasets (a DataBundle), got {type(data).__name__}")
+    data = TrainData.of(data)
+    if out_dir is not None and getattr(data, "val", None) is None:
+        raise BadInputError("a run with out_dir needs validation data (data.val) for its metrics")
     if resume and out_dir is None:
         raise BadInputError("resume=True needs the out_dir that holds the checkpoint")
     ctx = setup_distributed(config.device)
@@ -269,4 +313,5 @@ def fit(
             run.train()
             return run.finish(info, extra_metrics or {})
     finally:
+        revert_sync_batchnorm_(model)
         ctx.close()

@@ -1,14 +1,14 @@
-"""Hooks: the four points where pruning, quantization-aware training and logging plug into fit()."""
+"""Hooks: where pruning schedules, quantization-aware training and logging plug into fit()."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 
-__all__ = ["Hook", "TrainState", "HookList"]
+__all__ = ["Hook", "TrainState", "HookList", "EveryStep"]
 
 
 @dataclass
@@ -24,6 +24,7 @@ class TrainState:
     step: int = 0  # step within the epoch
     global_step: int = 0  # optimizer steps taken so far in the whole run
     steps_per_epoch: int = 0
+    total_steps: int = 0  # optimizer steps the whole run will take (epochs x steps per epoch, or max_steps)
     inputs: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     outputs: torch.Tensor | None = None
@@ -35,16 +36,21 @@ class TrainState:
 
 
 class Hook:
-    """Override any of the four callbacks; all default to doing nothing.
+    """Override any of the callbacks; all default to doing nothing.
 
     on_step_end runs after optimizer.step() and the LR step, so a pruning hook can
-    re-apply its masks there. A hook with state that must survive --resume returns
-    it (JSON-serialisable) from state_dict() and takes it back in load_state_dict().
+    re-apply its masks there. extra_loss(state) may return a term added to the step's
+    loss before the backward pass (a sparsity or MACs penalty; state.outputs holds the
+    step's logits by then). A hook with state that must survive --resume returns it
+    (JSON-serialisable) from state_dict() and takes it back in load_state_dict().
     """
 
     def on_epoch_begin(self, state: TrainState) -> None: ...
 
     def on_step_begin(self, state: TrainState) -> None: ...
+
+    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
+        return None
 
     def on_step_end(self, state: TrainState) -> None: ...
 
@@ -74,9 +80,23 @@ class HookList:
         for hook in self.hooks:
             getattr(hook, event)(state)
 
+    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
+        terms = [t for t in (hook.extra_loss(state) for hook in self.hooks) if t is not None]
+        return sum(terms[1:], terms[0]) if terms else None
+
     def state_dicts(self) -> list[dict[str, Any]]:
         return [hook.state_dict() for hook in self.hooks]
 
     def load_state_dicts(self, states: list[dict[str, Any]]) -> None:
         for hook, state in zip(self.hooks, states):
             hook.load_state_dict(state)
+
+
+class EveryStep(Hook):
+    """Calls `fn(global_step, total_steps)` after every optimizer step (a schedule such as gradual sparsity)."""
+
+    def __init__(self, fn: Callable[[int, int], None]):
+        self.fn = fn
+
+    def on_step_end(self, state: TrainState) -> None:
+        self.fn(state.global_step, state.total_steps)

@@ -107,6 +107,10 @@ def train_one_epoch(
         with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = logits_of(net(inputs))
             loss = compute_loss(state.loss_fn, logits.float(), targets, inputs)
+        state.outputs = logits.detach()
+        extra = hooks.extra_loss(state)
+        if extra is not None:
+            loss = loss + extra
         value = _check_finite(loss, state, ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -122,6 +126,9 @@ def train_one_epoch(
         stats.seconds = time.perf_counter() - start
         bar.update(stats.loss_sum / stats.seen, stats.correct / stats.seen,
                    stats.seen * ctx.world_size / max(stats.seconds, 1e-9))
+        if state.global_step >= state.total_steps:  # max_steps reached mid-epoch
+            state.stop_training = True
+            break
     return stats
 
 

@@ -49,6 +49,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
     """A LambdaLR stepped once per batch; its state is just the step count."""
     total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     min_ratio = config.min_lr / config.lr
 

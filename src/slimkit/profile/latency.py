@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,14 +34,10 @@ def matmul_ceiling_gmacs(threads: int, sizes: tuple[int, ...] = CEILING_SIZES, r
 
 
 def export_for_timing(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """Export to ONNX with a dynamic batch axis (TorchScript exporter: fast and broad on CNNs)."""
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-        )
+    """Export with the project's one exporter (verified against PyTorch), dynamic batch axis."""
+    from slimkit.deploy.onnx_export import export_onnx
+
+    export_onnx(model, tuple(example.shape[1:]), path)
     return path
 
 

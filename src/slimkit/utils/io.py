@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir", "to_jsonable"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir", "to_jsonable",
+           "save_resolved_args"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -87,3 +88,10 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     else:
         os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def save_resolved_args(out_dir: str | os.PathLike, command: str, args: dict[str, Any]) -> Path:
+    """Record a command's resolved arguments next to its outputs (args.json)."""
+    from slimkit._version import __version__
+
+    return atomic_write_json(Path(out_dir) / "args.json", {"command": command, "slimkit": __version__, "args": args})

@@ -15,18 +15,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.errors import BadInputError
+from slimkit.utils.registry import Registry
 
-__all__ = ["Distiller", "FrozenTeacher", "register_distiller", "build_distiller", "list_distillers", "kd_divergence",
+__all__ = ["Distiller", "FrozenTeacher", "DISTILLERS", "register_distiller", "build_distiller", "list_distillers", "kd_divergence",
            "check_logits", "freeze"]
 
-_DISTILLERS: dict[str, type["Distiller"]] = {}
+DISTILLERS: Registry = Registry("distillation method", modules={
+    "kd": "slimkit.compress.distill.logit", "multi": "slimkit.compress.distill.multi_teacher",
+    "feature": "slimkit.compress.distill.feature", "dml": "slimkit.compress.distill.mutual",
+    "self": "slimkit.compress.distill.self_distill"})
 
 
 def register_distiller(name: str) -> Callable[[type], type]:
     """Class decorator: make a Distiller subclass buildable as build_distiller(name, ...)."""
 
     def deco(cls: type) -> type:
-        _DISTILLERS[name] = cls
+        DISTILLERS.add(name, cls)
         cls.method = name
         return cls
 
@@ -34,20 +38,12 @@ def register_distiller(name: str) -> Callable[[type], type]:
 
 
 def list_distillers() -> list[str]:
-    _import_all()
-    return sorted(_DISTILLERS)
+    return DISTILLERS.names()
 
 
 def build_distiller(name: str, **kwargs: Any) -> "Distiller":
     """A new distiller of method `name` (kd, multi, feature, dml, self)."""
-    _import_all()
-    if name not in _DISTILLERS:
-        raise BadInputError(f"unknown distillation method {name!r}; choose from {', '.join(sorted(_DISTILLERS))}")
-    return _DISTILLERS[name](**kwargs)
-
-
-def _import_all() -> None:
-    import slimkit.compress.distill  # noqa: F401  (its __init__ imports every technique module)
+    return DISTILLERS.get(name)(**kwargs)
 
 
 def check_logits(student: torch.Tensor, teacher: torch.Tensor, label: str = "teacher") -> None:

@@ -64,7 +64,7 @@ class PruneConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        from slimkit.compress.prune.criteria import available_criteria
+        from slimkit.compress.prune.criteria import CRITERIA
 
         if self.target is not None:
             self.target = str(parse_target(self.target))
@@ -72,8 +72,7 @@ class PruneConfig:
             raise BadInputError("give a target (e.g. macs=0.5) or a channel ratio")
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
             raise BadInputError(f"ratio must be in [0, 1), got {self.ratio}")
-        if self.criterion not in available_criteria():
-            raise BadInputError(f"unknown criterion {self.criterion!r}; choose from {', '.join(available_criteria())}")
+        self.criterion = CRITERIA.canonical(self.criterion)
         _choice("allocation", self.allocation, ALLOCATIONS)
         _choice("unstructured_scope", self.unstructured_scope, UNSTRUCTURED_SCOPES)
         if self.round_to is not None and not 1 <= int(self.round_to) <= 256:

@@ -1,4 +1,4 @@
-"""Channel-importance criteria, one registry: `@register_criterion("name")`.
+"""Channel-importance criteria in the criterion registry: `@register_criterion("name")`.
 
 A criterion factory returns a Torch-Pruning `Importance` (called on a dependency group,
 it returns one score per channel of the group's root). Data-driven criteria get a
@@ -17,8 +17,10 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from slimkit.errors import BadInputError
+from slimkit.utils.registry import Registry
 
-__all__ = ["Calibration", "register_criterion", "available_criteria", "build_importance", "criterion_needs_data"]
+__all__ = ["Calibration", "CRITERIA", "register_criterion", "available_criteria", "build_importance",
+           "criterion_needs_data"]
 
 
 @dataclass
@@ -28,49 +30,29 @@ class Calibration:
     batches: list[tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass
-class _Entry:
-    factory: Callable[[nn.Module, Calibration | None, int], tp.importance.Importance]
-    needs_data: bool
-    doc: str
-
-
-_CRITERIA: dict[str, _Entry] = {}
+CRITERIA: Registry = Registry("criterion", modules={"lrp": "slimkit.compress.prune.lrp"})
+_CRITERIA = CRITERIA  # older name
 
 
 def register_criterion(name: str, *, needs_data: bool = False) -> Callable:
     """Register `factory(model, calibration, seed) -> Importance` under `name`."""
-
-    def deco(factory: Callable) -> Callable:
-        _CRITERIA[name] = _Entry(factory, needs_data, (factory.__doc__ or "").strip().splitlines()[0])
-        return factory
-
-    return deco
+    return CRITERIA.register(name, needs_data=needs_data)
 
 
 def available_criteria() -> list[str]:
-    _load_plugins()
-    return sorted(_CRITERIA)
+    return CRITERIA.names()
 
 
 def criterion_needs_data(name: str) -> bool:
-    _load_plugins()
-    return _CRITERIA[name].needs_data
+    return bool(CRITERIA.meta(name).get("needs_data", False))
 
 
 def build_importance(name: str, model: nn.Module, calib: Calibration | None = None, seed: int = 0):
     """Instantiate criterion `name` for `model` (data-driven ones run on `calib` now)."""
-    _load_plugins()
-    if name not in _CRITERIA:
-        raise BadInputError(f"unknown criterion {name!r}; choose from {', '.join(sorted(_CRITERIA))}")
-    entry = _CRITERIA[name]
-    if entry.needs_data and (calib is None or not calib.batches):
+    factory = CRITERIA.get(name)
+    if criterion_needs_data(name) and (calib is None or not calib.batches):
         raise BadInputError(f"criterion {name!r} needs data: pass --data (calibration batches)")
-    return entry.factory(model, calib, seed)
-
-
-def _load_plugins() -> None:
-    import slimkit.compress.prune.lrp  # noqa: F401  (registers "lrp")
+    return factory(model, calib, seed)
 
 
 @register_criterion("l1")

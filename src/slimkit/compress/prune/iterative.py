@@ -3,7 +3,7 @@
 The budget is approached in `steps` stages on a geometric schedule of the remaining fraction
 (stage i keeps target^(i/steps) of the original), each stage pruned with `prune_` (target made
 relative to the current model) and then fine-tuned; with `kd`, the loss mixes cross-entropy
-with Hinton's KD loss against the original, unpruned model.
+with Hinton's KD loss against the original, unpruned model. Training runs through engine.fit.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 from slimkit.compress.prune.api import prune_
 from slimkit.compress.prune.config import PruneConfig
 from slimkit.compress.prune.criteria import Calibration
-from slimkit.compress.prune.finetune import evaluate, finetune
 from slimkit.compress.prune.measure import count_macs, count_params
+from slimkit.compress.prune.training import finetune
 from slimkit.errors import BadInputError
 
 __all__ = ["iterative_prune_"]
@@ -59,7 +59,7 @@ def iterative_prune_(
         if relative < 1.0 - 1e-6:
             stage = replace(config, target=f"{target.kind}={min(relative, 0.999999):.6f}")
             prune_(model, stage, x, calib)
-        info = finetune(model, train, epochs_per_step, lr=lr, teacher=teacher)
+        info = finetune(model, train, epochs_per_step, lr=lr, teacher=teacher, val=val, seed=config.seed + step)
         history.append({"step": step, "ratio": _quantity(model, x, target.kind) / original, "loss": info["loss"],
-                        "accuracy": evaluate(model, val) if val is not None else None})
+                        "accuracy": info["accuracy"]})
     return history

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -45,11 +46,11 @@ class PruneJob:
     @classmethod
     def from_cli(cls, args: dict[str, Any]) -> "PruneJob":
         """Check every argument up front: a bad one raises before anything is loaded or written."""
-        from slimkit.compress.prune.criteria import available_criteria, criterion_needs_data
+        from slimkit.compress.prune.criteria import CRITERIA, criterion_needs_data
         from slimkit.utils.parse import parse_input_size
 
-        if args.get("criterion") is not None and args["criterion"] not in available_criteria():
-            raise BadInputError(f"unknown criterion {args['criterion']!r}; choose from {', '.join(available_criteria())}")
+        if args.get("criterion") is not None:
+            CRITERIA.get(args["criterion"])  # an unknown name fails first, with the closest matches
         cfg = _config_from_args(args)
         if args.get("epochs") and not args.get("data"):
             raise BadInputError("--epochs needs --data to fine-tune on")
@@ -100,15 +101,15 @@ def run_job(job: PruneJob) -> dict[str, Any]:
     import torch
 
     from slimkit.compress.prune.api import prune_
-    from slimkit.compress.prune.finetune import evaluate, finetune
     from slimkit.compress.prune.measure import count_macs, count_params
+    from slimkit.engine import evaluate
 
     torch.manual_seed(job.seed)
     model, info, bundle = _load(job)
     x = torch.randn(1, *info.input_size)
     teacher = copy.deepcopy(model)
     before = {"macs": count_macs(model, x), "params": count_params(model), "latency_ms": None,
-              "accuracy": evaluate(model, bundle.val) if bundle else None}
+              "accuracy": evaluate(model, bundle.val)["top1"] if bundle else None}
     report: dict[str, Any] = {"model": job.model, "input_size": list(info.input_size), "config": job.config.to_dict()}
     if job.config.target is not None or job.config.ratio:
         result = prune_(model, job.config, x, _calibration(job, bundle))
@@ -117,7 +118,7 @@ def run_job(job: PruneJob) -> dict[str, Any]:
         report.update(target=None, achieved=None, kept={}, notes=[])
     report["finetune"] = _finetune_and_sparsify(job, model, teacher, bundle, report)
     after = {"macs": count_macs(model, x), "params": count_params(model), "latency_ms": None,
-             "accuracy": evaluate(model, bundle.val) if bundle else None}
+             "accuracy": evaluate(model, bundle.val)["top1"] if bundle else None}
     if job.latency:
         before["latency_ms"], after["latency_ms"], report["latency_conditions"] = _latency(teacher, model, x, job.threads)
     report.update(before=before, after=after)
@@ -146,31 +147,27 @@ def _load(job: PruneJob):
 
 def _calibration(job: PruneJob, bundle):
     from slimkit.compress.prune.criteria import Calibration
-    from slimkit.compress.prune.finetune import loader
+    from slimkit.compress.prune.training import calibration_batches
 
     if bundle is None:
         return None
-    batches = []
-    for i, (xb, yb) in enumerate(loader(bundle.train, 32, shuffle=True, seed=job.seed)):
-        if i >= job.config.calib_batches:
-            break
-        batches.append((xb, yb))
-    return Calibration(batches)
+    return Calibration(calibration_batches(bundle.train, job.config.calib_batches, seed=job.seed))
 
 
 def _finetune_and_sparsify(job: PruneJob, model, teacher, bundle, report: dict) -> dict[str, Any] | None:
-    from slimkit.compress.prune.finetune import finetune, loader
+    from slimkit.compress.prune.training import finetune
     from slimkit.compress.prune.unstructured import (GradualPruner, apply_masks, compressed_sizes, magnitude_masks,
                                                      prunable_weights, sparsity_of)
+    from slimkit.engine import EveryStep
 
     sparsity = job.config.unstructured
     dense_sizes = compressed_sizes(model) if sparsity else None
     info = None
     if job.epochs > 0:
-        steps = int(-(-job.epochs * len(loader(bundle.train, 64, True)) // 1))
-        hook = GradualPruner(model, sparsity, steps, job.config.unstructured_scope) if sparsity else None
+        steps = math.ceil(job.epochs * math.ceil(len(bundle.train) / 64))
+        hooks = [EveryStep(GradualPruner(model, sparsity, steps, job.config.unstructured_scope))] if sparsity else []
         info = finetune(model, bundle.train, job.epochs, lr=job.lr, teacher=teacher if job.kd else None,
-                        step_hook=hook, seed=job.seed, progress=True)
+                        hooks=hooks, seed=job.seed, progress=True)
         info.update(epochs=job.epochs, lr=job.lr, kd=job.kd)
     if sparsity:
         weights = prunable_weights(model)
@@ -195,9 +192,8 @@ def _latency(before_model, after_model, x, threads: int):
 
 
 def _write(job: PruneJob, model, info, report: dict) -> None:
-    from slimkit.cli.common import save_resolved_args
     from slimkit.models import save_model_dir
-    from slimkit.utils.io import atomic_dir, atomic_write_json
+    from slimkit.utils.io import atomic_dir, atomic_write_json, save_resolved_args
 
     with atomic_dir(job.out) as tmp:
         inner = save_model_dir(model, info, tmp / "model", extra={"pruned": True, "target": report.get("target")})

@@ -26,17 +26,21 @@ from torch.utils.data import Dataset
 
 from slimkit.compress.prune.adapters import analyse_model, classifier_layers
 from slimkit.compress.prune.criteria import build_importance
-from slimkit.compress.prune.finetune import finetune
 from slimkit.compress.prune.measure import count_macs
 from slimkit.compress.prune.structured import GroupPlan, apply_plan, layer_stats, plan_groups
+from slimkit.compress.prune.training import finetune
+from slimkit.engine.hooks import Hook, TrainState
 
 __all__ = ["LAPP", "lapp_train_"]
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
-class LAPP:
-    """Learnable-threshold progressive pruning state for one model (see module doc)."""
+class LAPP(Hook):
+    """Learnable-threshold progressive pruning of one model, as a hook of engine.fit (see module doc).
+
+    extra_loss adds the MACs penalty to every step's loss; on_step_end steps the thresholds'
+    own optimizer (they are not model parameters, so fit's optimizer never sees them)."""
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, target: float, total_steps: int,
                  tau: float = 0.25, lam: float = 20.0, prune_fraction: float = 0.5, max_layer_prune: float = 0.9) -> None:
@@ -106,12 +110,15 @@ class LAPP:
         progress = min(1.0, self.step / self.prune_steps)
         return 1.0 - (1.0 - self.target) * progress
 
-    def loss(self, _model: nn.Module) -> torch.Tensor:
+    def loss(self) -> torch.Tensor:
         over = torch.relu(self.expected_macs_ratio() - self.budget())
         return self.lam * over * over
 
-    def after_step(self, step: int, _total: int) -> None:
-        self.step = step
+    def extra_loss(self, state: TrainState) -> torch.Tensor:
+        return self.loss()
+
+    def on_step_end(self, state: TrainState) -> None:
+        self.step = state.global_step
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
@@ -140,8 +147,7 @@ def lapp_train_(model: nn.Module, train: Dataset, target: float, epochs: float, 
     before = count_macs(model, example_inputs[:1])
     steps = max(1, math.ceil(epochs * math.ceil(len(train) / batch_size)))
     lapp = LAPP(model, example_inputs, target, steps)
-    info = finetune(model, train, epochs, lr=lr, batch_size=batch_size, extra_loss=lapp.loss,
-                    step_hook=lapp.after_step, seed=seed)
+    info = finetune(model, train, epochs, lr=lr, batch_size=batch_size, hooks=[lapp], seed=seed)
     with torch.no_grad():
         expected = float(lapp.expected_macs_ratio())  # soft-mask estimate, before the real cut
     keeps = lapp.finalize(example_inputs)

@@ -1,19 +1,19 @@
-"""The quantities a budget is measured in: MACs, parameters, ONNX Runtime latency.
+"""The quantities a pruning budget is measured in: MACs, parameters, ONNX Runtime latency.
 
-Each lives behind one small function so it can be swapped for the project-wide tool
-(slimkit.profile.counter.count_macs, slimkit.deploy.onnx_export) in one line.
+MACs come from slimkit's counter; latency from the project's one verified ONNX exporter and
+ONNX Runtime session builder (slimkit.deploy.onnx_export), timed interleaved.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-__all__ = ["count_macs", "count_params", "onnx_session", "ort_runner", "ort_latency_ms", "export_onnx"]
+__all__ = ["count_macs", "count_params", "ort_runner", "ort_latency_ms"]
 
 
 def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
@@ -29,34 +29,16 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def onnx_session(model: nn.Module, example_inputs: torch.Tensor, threads: int = 1):
-    """Export `model` to ONNX (opset 17, legacy exporter) and open an ONNX Runtime session on it."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="slimkit-prune-") as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        export_onnx(model, example_inputs, path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
-def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str) -> None:
-    """Export with the TorchScript-based exporter (stable for timm/torchvision models)."""
-    import warnings
-
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example_inputs,), path, input_names=["input"], output_names=["output"],
-                          opset_version=17, dynamo=False)
-
-
 def ort_runner(model: nn.Module, example_inputs: torch.Tensor, threads: int = 1) -> Callable[[], object]:
-    """A zero-argument callable running `model` once on ONNX Runtime (for measure_interleaved)."""
-    session = onnx_session(model, example_inputs, threads)
-    feed = {session.get_inputs()[0].name: example_inputs.numpy()}
+    """A zero-argument callable running `model` once on ONNX Runtime at batch 1 (for measure_interleaved)."""
+    from slimkit.deploy.onnx_export import export_onnx, ort_session
+
+    x = example_inputs[:1]
+    with tempfile.TemporaryDirectory(prefix="slimkit-prune-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, tuple(x.shape[1:]), path, dynamic_batch=False)
+        session = ort_session(path, threads)  # the session holds the graph: the file may go
+    feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
 
 

@@ -133,29 +133,49 @@ def plan_groups(model, example_inputs, importance, classifier: list[nn.Module], 
     frozen.update(id(m) for m in unsafe)
     frozen.update(id(m) for m in unsupported_convs(model))
     stats = layer_stats(model, example_inputs)
-    groups, names = [], scorer.DG._module2name
+    groups, names, score_notes = [], scorer.DG._module2name, []
     for group in scorer.groups():
         if _touches(group, frozen):
             continue
         group = scorer.attention_root(group)
         if group is None:
             continue
-        plan = _score_group(scorer, group, names, stats)
+        plan = _score_group(scorer, group, names, stats, score_notes)
         if plan is not None:
             groups.append(plan)
     clear_caches(model)
-    notes = list(adapters.notes) + [f"{len(unsafe)} op(s) with channel mappings Torch-Pruning cannot follow: their groups kept"]
-    return Plan(groups, notes if unsafe else list(adapters.notes))
+    notes = list(adapters.notes) + score_notes
+    if unsafe:
+        notes.append(f"{len(unsafe)} op(s) with channel mappings Torch-Pruning cannot follow: their groups kept")
+    return Plan(groups, notes)
 
 
-def _score_group(scorer, group, names, stats) -> GroupPlan | None:
+def _scoring_problem(notes: list[str], root: str, message: str) -> None:
+    """A group the criterion could not score as asked: said in the result's notes and the log, never silently."""
+    notes.append(f"{root}: {message}")
+    log.warning("pruning group %s: %s", root, message)
+
+
+def _score_group(scorer, group, names, stats, notes: list[str]) -> GroupPlan | None:
     ch_groups = scorer.channel_groups(group)
     imp = scorer.importance(group)
-    if imp is None or len(imp) % ch_groups:
+    root = names.get(group[0].dep.target.module, "?")
+    if imp is None:
+        _scoring_problem(notes, root, "the criterion gave no scores for this group; it is left unpruned")
+        return None
+    if len(imp) % ch_groups:
+        _scoring_problem(notes, root, f"{len(imp)} scores do not split into {ch_groups} channel groups; left unpruned")
         return None
     imp = imp.detach().float().cpu()
     imp = imp.view(ch_groups, -1).mean(0) if ch_groups > 1 else imp
-    imp = torch.nan_to_num(imp, nan=0.0)
+    bad = ~torch.isfinite(imp)
+    if bad.all():
+        _scoring_problem(notes, root, "every score is NaN or infinite; the group is left unpruned")
+        return None
+    if bad.any():
+        # A failed score must not make a channel look least important: it ranks with the group's best.
+        _scoring_problem(notes, root, f"{int(bad.sum())} of {len(imp)} scores are NaN or infinite; those channels rank with the group's best")
+        imp = torch.where(bad, imp[~bad].max(), imp)
     root_dep = group[0].dep
     dims = []
     for dep, idxs in group:

@@ -1,7 +1,8 @@
 """int8 quantization for ONNX Runtime (static QDQ PTQ, QAT) and weight-only codebook compression.
 
 One technique per module: ptq (static QDQ), equalize (cross-layer equalization), bias_correction,
-sensitivity (mixed precision), speed_guard, tuner (Quantune), qat, codebook; pipeline runs the CLI flow.
+sensitivity (mixed precision), speed_guard, tuner (Quantune), qat, codebook; pipeline runs the PTQ flow;
+api holds the one verb, `quantize(model, config) -> QuantizedModel`, for all three.
 Names load lazily so importing this package does not load onnxruntime.
 """
 
@@ -22,6 +23,7 @@ _LAZY = {
     "prepare_qat": "qat", "qat_finetune": "qat", "export_qat_onnx": "qat",
     "codebook_compress": "codebook", "save_codebook": "codebook", "load_codebook_": "codebook",
     "register_quantizer": "registry", "get_quantizer": "registry", "list_quantizers": "registry",
+    "quantize": "api", "QuantizedModel": "api",
 }
 __all__ = sorted(_LAZY)
 

@@ -112,10 +112,11 @@ def codebook_compress(model: nn.Module, config: CodebookConfig | None = None, x:
         _replace(work, name, CodebookLayer(work.get_submodule(name), config))
     history: list[float] = []
     if config.epochs > 0 and x is not None and y is not None:
-        from slimkit.compress.quantize._train import finetune
+        from slimkit.engine import TrainConfig, device_of, fit
 
-        history = finetune(work, x, y, lambda out, tgt, _t: F.cross_entropy(out, tgt), epochs=config.epochs,
-                           lr=config.lr, batch_size=config.batch_size, seed=seed)
+        train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=0.0,
+                            schedule="constant", seed=seed, device=device_of(work))
+        history = [record["train_loss"] for record in fit(work, (x, y), train, progress=False).history]
     result = CodebookResult(work, {}, config.bits, history)
     with torch.no_grad():
         for name in names:

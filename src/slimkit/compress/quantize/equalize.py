@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from slimkit.compress.quantize.fold import fold_batchnorm_
-from slimkit.compress.quantize.torch_graph import Chain, ChannelClip, conv_chains, trace
+from slimkit.compress.quantize.torch_graph import Chain, ChannelClip, conv_chains, trace_or_reason
 from slimkit.errors import BadInputError
 
 __all__ = ["ChannelClip", "EqualizeReport", "equalize_", "channel_ranges"]
@@ -34,6 +34,11 @@ class EqualizeReport:
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (first, second, why)
     iterations: int = 0
     max_log_scale: float = 0.0  # of the last sweep: ~0 when converged
+    error: str | None = None  # why equalization could not run at all (the model cannot be traced)
+
+    @property
+    def applied(self) -> bool:
+        return self.error is None
 
 
 def channel_ranges(conv: nn.Conv2d, as_input: bool) -> torch.Tensor:
@@ -90,8 +95,9 @@ def equalize_(model: nn.Module, relu6: str = "clip", iterations: int = 100, tol:
     if relu6 not in ("clip", "relu", "skip"):
         raise BadInputError(f"relu6 policy must be clip, relu or skip, got {relu6!r}")
     report = EqualizeReport(folded=len(fold_batchnorm_(model)))
-    graph = trace(model)
+    graph, report.error = trace_or_reason(model)
     if graph is None:
+        log.warning("cross-layer equalization not applied: %s", report.error)
         return report
     chains = []
     for chain in conv_chains(model, graph):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import onnx
 __all__ = ["OnnxGraph", "LayerInfo", "WEIGHTED_OPS"]
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,14 +26,26 @@ class LayerInfo:
     depthwise: bool
 
 
+def _infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """The model with inferred shapes, or the model unchanged and why inference failed (logged at WARNING).
+
+    Without shapes a layer's MACs fall back to its weight count, so size-based choices
+    (the speed guard's tiny layers) work on a rougher figure: the caller records the reason.
+    """
+    try:
+        return onnx.shape_inference.infer_shapes(model), None
+    except Exception as exc:  # onnx raises several types (protobuf size, inference errors)
+        reason = f"ONNX shape inference failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); " \
+                 "layer MACs are counted as weight sizes"
+    log.warning("%s", reason)
+    return model, reason
+
+
 class OnnxGraph:
     def __init__(self, model: onnx.ModelProto | str | Path):
         if not isinstance(model, onnx.ModelProto):
             model = onnx.load(str(model))
-        try:
-            model = onnx.shape_inference.infer_shapes(model)
-        except Exception:  # shapes only refine MAC counts; the graph is still usable without them
-            pass
+        model, self.shape_error = _infer_shapes(model)
         self.model = model
         graph = model.graph
         self.nodes = list(graph.node)

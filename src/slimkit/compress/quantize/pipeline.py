@@ -69,7 +69,8 @@ class _Sources:
         if self.equalize:
             rep = equalize_(net, relu6=self.relu6)
             self.notes["equalize"] = {"pairs": len(rep.pairs), "skipped": len(rep.skipped), "folded_bn": rep.folded,
-                                      "sweeps": rep.iterations, "relu6": self.relu6, "method": "cross-layer equalization"}
+                                      "sweeps": rep.iterations, "relu6": self.relu6, "method": "cross-layer equalization",
+                                      "applied": rep.applied, "error": rep.error}
         if self.bias_correction:
             rep = correct_bias_(net, torch.from_numpy(self.data.calib_x), per_channel=per_channel)
             self.notes["bias_correction"] = {"layers": rep.layers, "per_channel": per_channel,
@@ -127,7 +128,9 @@ def quantize_ptq(
             float_nodes[node] = "accuracy: tuner kept the most sensitive layers float"
         if config.speed_guard:
             say("speed guard: timing fp32 and int8 variants interleaved")
-            groups = speed_groups(OnnxGraph(sources.builder(settings.per_channel).fp32_path))
+            graph = OnnxGraph(sources.builder(settings.per_channel).fp32_path)
+            sources.notes["onnx_shape_inference"] = graph.shape_error or "ok"
+            groups = speed_groups(graph)
             guard = speed_guard(sources.build, fp32_path, settings, groups, latency, final_latency=final_latency)
             settings = guard.settings
             float_nodes.update(guard.float_nodes)

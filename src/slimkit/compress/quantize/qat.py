@@ -10,8 +10,8 @@ float model is the teacher and the loss mixes cross-entropy with a temperature-s
 Export: torch's fake-quant ops become QuantizeLinear/DequantizeLinear; the weight QuantizeLinear nodes
 are then folded into int8 initializers (see qdq_fold), giving the DQ(int8 weight) -> Conv form ORT fuses.
 
-`qat_finetune` is a deliberately minimal loop; `qat_loss` is the piece slimkit.engine.fit can take as a
-loss hook once the training engine lands.
+`qat_finetune` trains through slimkit.engine.fit; the distillation term is the project's shared softened KL
+(slimkit.compress.distill.kd_divergence), as in logit KD and pruning.
 """
 
 from __future__ import annotations
@@ -154,25 +154,33 @@ def calibrate_qat_(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> N
 
 def qat_loss(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None, config: QATConfig) -> torch.Tensor:
     """Cross-entropy, mixed with temperature-softened KL to the teacher when distillation is on."""
+    from slimkit.compress.distill.base import kd_divergence
+
     ce = F.cross_entropy(logits, target)
     if teacher_logits is None or config.distill_alpha == 0.0:
         return ce
-    t = config.temperature
-    kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean") * t * t
+    kd = kd_divergence(logits, teacher_logits, config.temperature)
     return (1 - config.distill_alpha) * ce + config.distill_alpha * kd
 
 
 def qat_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: QATConfig | None = None,
                  teacher: nn.Module | None = None, seed: int = 0) -> list[float]:
     """Fine-tune a prepared QAT model in place (distilling from `teacher` if given); mean loss per epoch."""
-    from slimkit.compress.quantize._train import finetune
+    from slimkit.compress.distill import SelfDistill
+    from slimkit.engine import TrainConfig, device_of, fit
 
     config = config or QATConfig()
     if any(isinstance(m, ActFakeQuant) and not bool(m.initialized) for m in model.modules()):
         calibrate_qat_(model, x[: 4 * config.batch_size])
-    use_teacher = teacher if config.distill_alpha > 0 else None
-    return finetune(model, x, y, lambda out, tgt, t_out: qat_loss(out, tgt, t_out, config), epochs=config.epochs,
-                    lr=config.lr, batch_size=config.batch_size, teacher=use_teacher, seed=seed)
+    if config.epochs == 0:
+        return []
+    loss = None
+    if teacher is not None and config.distill_alpha > 0:  # a frozen copy: the caller's float model stays as it is
+        loss = SelfDistill(teacher, temperature=config.temperature, alpha=config.distill_alpha)
+    train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=0.0,
+                        schedule="constant", seed=seed, device=device_of(model))
+    result = fit(model, (x, y), train, loss_fn=loss, progress=False)
+    return [record["train_loss"] for record in result.history]
 
 
 def export_qat_onnx(model: nn.Module, input_size: Sequence[int], path: str | os.PathLike, opset: int = 17):

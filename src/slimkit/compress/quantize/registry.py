@@ -1,45 +1,32 @@
-"""The quantizer registry: one decorator per plug-in kind (`@register_quantizer("ptq")`).
+"""The quantizer registry: one handler per config kind (`@register_quantizer("ptq")`), torchao style.
 
-A quantizer is the entry point of one technique; each takes a model and its own config kind:
-  ptq       quantize_ptq(model, input_size, data, PTQConfig, out_dir) -> report (ONNX int8 files)
-  qat       prepare_qat(model, QATConfig) -> fake-quant model (then qat_finetune, export_qat_onnx)
-  codebook  codebook_compress(model, CodebookConfig, x, y) -> CodebookResult (then save_codebook)
+A quantizer is the handler of one technique, called by `quantize(model, config)` for configs of its kind:
+  ptq       PTQConfig       static QDQ int8 for ONNX Runtime (quantize_ptq)
+  qat       QATConfig       fake-quant training, exported as QDQ int8 ONNX
+  codebook  CodebookConfig  weight-only codebooks with learnable centroids
+`handler(model, config, *, data, input_size, out_dir, teacher, seed, **options) -> QuantizedModel`.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
-from slimkit.errors import BadInputError
+from slimkit.utils.registry import Registry
 
-__all__ = ["register_quantizer", "get_quantizer", "list_quantizers"]
+__all__ = ["QUANTIZERS", "register_quantizer", "get_quantizer", "list_quantizers"]
 
-_QUANTIZERS: dict[str, Callable] = {}
-_BUILTIN = {
-    "ptq": ("slimkit.compress.quantize.pipeline", "quantize_ptq"),
-    "qat": ("slimkit.compress.quantize.qat", "prepare_qat"),
-    "codebook": ("slimkit.compress.quantize.codebook", "codebook_compress"),
-}
+_HANDLERS = "slimkit.compress.quantize.api"
+QUANTIZERS: Registry = Registry("quantizer", modules={"ptq": _HANDLERS, "qat": _HANDLERS, "codebook": _HANDLERS})
+_QUANTIZERS = QUANTIZERS  # older name
 
 
 def register_quantizer(name: str) -> Callable[[Callable], Callable]:
-    def deco(fn: Callable) -> Callable:
-        _QUANTIZERS[name] = fn
-        return fn
-
-    return deco
+    return QUANTIZERS.register(name)
 
 
 def list_quantizers() -> list[str]:
-    return sorted(set(_QUANTIZERS) | set(_BUILTIN))
+    return QUANTIZERS.names()
 
 
 def get_quantizer(name: str) -> Callable:
-    key = str(name).strip().lower()
-    if key not in _QUANTIZERS and key in _BUILTIN:
-        module, attr = _BUILTIN[key]
-        _QUANTIZERS[key] = getattr(importlib.import_module(module), attr)
-    if key not in _QUANTIZERS:
-        raise BadInputError(f"unknown quantizer {name!r}; choose from {', '.join(list_quantizers())}")
-    return _QUANTIZERS[key]
+    return QUANTIZERS.get(name)

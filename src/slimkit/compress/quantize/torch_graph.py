@@ -59,13 +59,19 @@ def _timm_notrace(model: nn.Module) -> tuple[type, ...]:
         return ()
 
 
-def trace(model: nn.Module) -> fx.Graph | None:
-    """The fx graph of `model` (not changed), or None when it cannot be traced."""
+def trace_or_reason(model: nn.Module) -> tuple[fx.Graph | None, str | None]:
+    """(the fx graph of `model` (not changed), None), or (None, why it cannot be traced)."""
     try:
-        return _Tracer(_timm_notrace(model)).trace(model)
-    except Exception as exc:  # data-dependent control flow etc.: callers skip the technique
-        log.warning("cannot trace %s with torch.fx (%s); skipping graph-based rewrites", type(model).__name__, exc)
-        return None
+        return _Tracer(_timm_notrace(model)).trace(model), None
+    except Exception as exc:  # data-dependent control flow etc.: callers skip the technique and say so
+        reason = f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.warning("%s; skipping graph-based rewrites", reason)
+        return None, reason
+
+
+def trace(model: nn.Module) -> fx.Graph | None:
+    """The fx graph of `model` (not changed), or None when it cannot be traced (logged at WARNING)."""
+    return trace_or_reason(model)[0]
 
 
 def _module(model: nn.Module, node: fx.Node) -> nn.Module | None:
