@@ -174,9 +174,16 @@ def finetune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], wor
     return StepResult(model, details={"epochs": result.epochs_completed, "distill": distill})
 
 
+def _quant_data(ctx: RunContext, calib_samples: int):
+    """Calibration and val images of the run: the quantize and deploy steps calibrate on the very same."""
+    from slimkit.compress.quantize.calib import load_quant_data
+
+    return load_quant_data(ctx.data_spec, ctx.input_size, calib_samples=calib_samples, val_samples=ctx.val_samples,
+                           mean=ctx.data.mean, std=ctx.data.std, seed=ctx.seed)
+
+
 @register_step("quantize")
 def quantize_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
-    from slimkit.compress.quantize.calib import load_quant_data
     from slimkit.compress.quantize.config import PTQConfig
     from slimkit.compress.quantize.pipeline import quantize_ptq
 
@@ -184,8 +191,7 @@ def quantize_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], wor
                "bias_correction", "max_drop", "speed_guard", "exclude"}
     _check_params("quantize", params, allowed)
     config = PTQConfig(**params)
-    data = load_quant_data(ctx.data_spec, ctx.input_size, calib_samples=config.calib_samples,
-                           val_samples=ctx.val_samples, mean=ctx.data.mean, std=ctx.data.std, seed=ctx.seed)
+    data = _quant_data(ctx, config.calib_samples)
     ctx.say(f"quantizing to int8 ({config.method}, max drop {config.max_drop} points, speed guard on)")
     report = quantize_ptq(model, ctx.input_size, data, config, work / "onnx")
     return StepResult(model, onnx_path=work / "onnx" / "model.int8.onnx", details={"quantize": report})
@@ -216,7 +222,6 @@ def _last_quantize(ctx: RunContext) -> tuple[Path, dict] | None:
 @register_step("deploy")
 def deploy_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
     """Every runtime in `to`, checked in its own runtime; int8 too after a quantize step (same calibration)."""
-    from slimkit.compress.quantize.calib import load_quant_data
     from slimkit.deploy.multi import Int8Source, export_multi
     from slimkit.deploy.runtime import parse_runtimes
 
@@ -225,8 +230,7 @@ def deploy_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work:
     names = list(dict.fromkeys(["onnx", *parse_runtimes(params.get("to", ["onnx"]))]))
     quant = _last_quantize(ctx)
     calib_samples = int(quant[1].get("calib_samples", 256)) if quant else 256
-    data = load_quant_data(ctx.data_spec, ctx.input_size, calib_samples=calib_samples, val_samples=ctx.val_samples,
-                           mean=ctx.data.mean, std=ctx.data.std, seed=ctx.seed)
+    data = _quant_data(ctx, calib_samples)
     int8 = Int8Source(quant[0], data.calib_x, data.val_x, data.val_y, origin="quantize step") if quant else None
     ctx.say(f"deploying to {', '.join(names)}" + (" (fp32 and int8)" if int8 else " (fp32)"))
     report = export_multi(model, ctx.input_size, work / "deploy", names, check_x=data.calib_x[:4], int8=int8,
