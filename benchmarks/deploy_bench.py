@@ -175,7 +175,8 @@ def time_model(name: str, row: dict, args) -> dict:
                            repetitions=args.repetitions, rounds=6, min_time_s=1.5)
         out[str(threads)] = {k: v.to_dict() for k, v in t.items()}
         print(f"  {name} {threads} thread(s): " + ", ".join(f"{k} {v.median:.2f}" for k, v in t.items()), flush=True)
-    return {"latency": out, "load_avg": open("/proc/loadavg").read().split()[:3]}
+    return {"latency": out, "load_avg": open("/proc/loadavg").read().split()[:3],
+            "cpu_lock": __import__("os").environ.get("BENCH_LOCK", "exclusive")}
 
 
 def load_results() -> dict:

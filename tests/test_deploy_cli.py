@@ -3,6 +3,7 @@
 The slow ones run under `make test-deploy` / `make test-all` (LiteRT conversions start a converter process).
 """
 
+import inspect
 import json
 import sys
 
@@ -14,22 +15,11 @@ from slimkit.deploy.multi import runtime_unavailable_reason
 
 from test_quant_cli import FACTORY as DIGITS_FACTORY, run_cli  # noqa: E402  (the same trained digits model file)
 
-FACTORY = DIGITS_FACTORY + '''
-import torch
+from test_deploy_runtimes import Cummax  # noqa: E402
 
-class Cummax(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3)
-
-    def forward(self, x):
-        return torch.cummax(self.conv(x), dim=1)[0]
-
-def cummax_model():
-    return Cummax()
-
-cummax_model.input_size = (1, 16, 16)
-'''
+# the digits model, plus a model no runtime can lower (aten::cummax), both in one user file
+FACTORY = (DIGITS_FACTORY + "\nimport torch\n\n" + inspect.getsource(Cummax)
+           + "\n\ndef cummax_model():\n    return Cummax()\n\ncummax_model.input_size = (1, 16, 16)\n")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +98,7 @@ def test_profile_runtime_all_names_the_fastest(tmp_path, monkeypatch, capsys, mo
 DEPLOY_RECIPE = """
 version: 1
 name: ship
-budget: macs=1.0
+budget: size=0.5
 steps:
   - {type: train, params: {epochs: 1, lr: 0.01}}
   - {type: quantize, params: {max_drop: null, calib_samples: 32, speed_guard: false}}
