@@ -28,6 +28,9 @@ __all__ = ["export_executorch", "export_executorch_int8"]
 
 def _lower(program) -> tuple[bytes, dict]:
     """XNNPACK-delegated ExecuTorch program bytes, and which ops stayed outside the delegate."""
+    from slimkit.deploy.runtime import quiet_torchao_import
+
+    quiet_torchao_import()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -103,6 +106,9 @@ def export_executorch_int8(
 ) -> ArtifactReport:
     """int8 ExecuTorch program (XNNPACK quantizer, pt2e, calibrated on `calib_x`), checked against fake-quant."""
     require_runtime("executorch")
+    from slimkit.deploy.runtime import quiet_torchao_import
+
+    quiet_torchao_import()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
 

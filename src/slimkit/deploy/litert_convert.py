@@ -35,6 +35,9 @@ def converter_version() -> str | None:
 
 def convert_job(job_dir: str | Path) -> dict:
     """Convert the job in `job_dir` (see the module docstring); raises on conversion errors."""
+    from slimkit.deploy.runtime import quiet_torchao_import
+
+    quiet_torchao_import()
     import litert_torch
 
     from slimkit.deploy.artifact import quiet_convert

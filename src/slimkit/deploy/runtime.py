@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import logging
 import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -175,8 +176,24 @@ def _dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
     return (y.astype(np.float32) - zero) * scale
 
 
+class _TorchaoEnumNotice(logging.Filter):
+    """torchao (imported by ExecuTorch) logs a deprecation notice through torch's pytree logger on import;
+    it would land on stderr above the CLI's one-line messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is an Enum subclass and is now natively supported" not in record.getMessage()
+
+
+def quiet_torchao_import() -> None:
+    log = logging.getLogger("torch.utils._pytree")
+    if not any(isinstance(f, _TorchaoEnumNotice) for f in log.filters):
+        log.addFilter(_TorchaoEnumNotice())
+
+
 def _executorch_runner(path: Path, threads: int) -> Runner:
     import torch
+
+    quiet_torchao_import()
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime as EtRuntime
 
