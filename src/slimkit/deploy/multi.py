@@ -99,8 +99,8 @@ def _top1(runtime: str, path: str, x: np.ndarray, y: np.ndarray, batch: int) -> 
     from slimkit.deploy.runtime import open_runner
 
     run = open_runner(runtime, path, threads=1)
-    preds = [np.asarray(run(x[i : i + batch])[0]).argmax(1) for i in range(0, len(x) - batch + 1, batch)]
-    return float((np.concatenate(preds) == y[: len(preds) * batch]).mean() * 100.0)
+    preds = np.concatenate([np.asarray(run(x[i : i + batch])[0]).argmax(1) for i in range(0, len(x), batch)])
+    return float((preds == y).mean() * 100.0)
 
 
 def _select(runtimes: Sequence[str], strict: bool) -> tuple[list[str], dict[str, str]]:
