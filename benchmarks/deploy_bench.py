@@ -63,8 +63,15 @@ def versions() -> dict:
     from slimkit.deploy.litert_convert import converter_version
     from slimkit.deploy.runtime import runtime_status
 
+    import subprocess
+
+    from slimkit.deploy.tflite_export import converter_python
+
     out = {rt: runtime_status(rt)[0] for rt in RUNTIMES}
-    out["litert-torch (converter venv)"] = converter_version() or "in .venv-litert"
+    python = converter_python()
+    out["litert-torch"] = converter_version() if python is None else subprocess.run(
+        [python, "-c", "import importlib.metadata as m; print(m.version('litert-torch'))"], capture_output=True,
+        text=True).stdout.strip()
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 RUNTIMES = ("onnx", "openvino", "tflite", "executorch")
-TITLES = {"onnx": "ORT", "openvino": "OpenVINO", "tflite": "LiteRT", "executorch": "ExecuTorch"}
+TITLES = {"onnx": "ORT", "openvino": "OpenVINO", "tflite": "LiteRT", "executorch": "ExecuTorch"}  # short column names
 BEGIN, END = "<!-- deploy_bench:begin -->", "<!-- deploy_bench:end -->"
 
 
@@ -72,11 +72,19 @@ def table(results: dict) -> str:
                      f"{_top1(row)} |")
     errors = [(n, rt, cell["error"]) for n, row in results["models"].items() for rt, cell in row["runtimes"].items()
               if "error" in cell]
+    lines.append("")
     if errors:
-        lines += ["", "¹ not produced:"] + [f"- {n} / {TITLES[rt]}: `{e}`" for n, rt, e in errors]
+        lines += ["¹ not produced:"] + [f"- {n} / {TITLES[rt]}: `{e}`" for n, rt, e in errors]
+    for name, row in results["models"].items():
+        t = row.get("timing")
+        lines.append(f"- {name}: " + (f"timed under a {t.get('cpu_lock', 'exclusive')} CPU lock, load average "
+                                      f"{' '.join(t['load_avg'])} after timing" if t else "prepared, not timed"))
+    missing = [m for m in ("resnet18", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "emov2_1m")
+               if m not in results["models"]]
+    if missing:
+        lines.append(f"- not measured yet: {', '.join(missing)} (run the three phases with --models)")
     lines += ["", f"CPU: {c.get('cpu')} ({c.get('cores')} cores, AVX-512 VNNI: {c.get('avx512_vnni')}, "
-              f"AVX-512 BF16: {c.get('avx512_bf16')}), shared with other jobs during the prepare phase; timing ran "
-              "under an exclusive lock. Versions: " + ", ".join(f"{k} {v}" for k, v in c.get("versions", {}).items())]
+              f"AVX-512 BF16: {c.get('avx512_bf16')}), 2 cores shared with other jobs. Versions: " + ", ".join(f"{TITLES.get(k, k)} {v}" for k, v in c.get("versions", {}).items())]
     return "\n".join(lines)
 
 
