@@ -72,9 +72,9 @@ def test_static_batch(tmp_path):
 
 
 def test_bad_inputs(tmp_path):
-    assert list_exporters() == ["onnx"] and get_exporter("ONNX") is export_onnx
+    assert list_exporters() == ["executorch", "onnx", "openvino", "tflite"] and get_exporter("ONNX") is export_onnx
     with pytest.raises(BadInputError, match="unknown export format"):
-        get_exporter("tflite")
+        get_exporter("coreml")
     with pytest.raises(BadInputError, match="input size"):
         export_onnx(small_net(), (3, 0, 8), tmp_path / "x.onnx")
     with pytest.raises(BadInputError, match="opset"):

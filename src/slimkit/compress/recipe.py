@@ -22,7 +22,7 @@ StepType = str  # a name in STEPS
 _BUILTIN_STEPS = "slimkit.compress.steps"
 # The step registry: a recipe may name any registered step. The built-ins load with their (torch-heavy) module.
 STEPS: Registry = Registry("compress step", modules={name: _BUILTIN_STEPS for name in
-                                                      ("train", "prune", "finetune", "quantize", "export")})
+                                                      ("train", "prune", "finetune", "quantize", "export", "deploy")})
 
 
 def register_step(name: str) -> Callable:

@@ -1,4 +1,4 @@
-"""The compress pipeline's steps, one registered function each: train, prune, finetune, quantize, export.
+"""The compress pipeline's steps, one registered function each: train, prune, finetune, quantize, export, deploy.
 
 A step gets the run context, the current torch model and its recipe params, works in
 its own (temporary) step directory, and returns the model it produced.
@@ -187,19 +187,25 @@ def finetune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], wor
     return StepResult(model, details={"epochs": result.epochs_completed, "distill": distill})
 
 
+def _quant_data(ctx: RunContext, calib_samples: int):
+    """Calibration and val images of the run: the quantize and deploy steps calibrate on the very same."""
+    from slimkit.compress.quantize.calib import load_quant_data
+
+    return load_quant_data(ctx.data_spec, ctx.input_size, calib_samples=calib_samples, val_samples=ctx.val_samples,
+                           mean=ctx.data.mean, std=ctx.data.std, seed=ctx.seed)
+
+
 @register_step("quantize")
 def quantize_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
     """Static int8 (kind ptq, the default), quantization-aware training (qat) or weight codebooks (codebook)."""
     from slimkit.compress.quantize.api import quantize
-    from slimkit.compress.quantize.calib import load_quant_data
     from slimkit.compress.quantize.config import load_config
 
     kind = str(params.get("kind", "ptq"))
     config = load_config({**params, "kind": kind})  # unknown params and bad values: one-line BadInputError
     data = ctx.data
     if kind == "ptq":
-        data = load_quant_data(ctx.data_spec, ctx.input_size, calib_samples=config.calib_samples,
-                               val_samples=ctx.val_samples, mean=ctx.data.mean, std=ctx.data.std, seed=ctx.seed)
+        data = _quant_data(ctx, config.calib_samples)
         ctx.say(f"quantizing to int8 ({config.method}, max drop {config.max_drop} points, speed guard on)")
     else:
         ctx.say(f"quantizing: {kind} ({config.epochs} training epochs)")
@@ -219,3 +225,36 @@ def export_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work:
     _check_params("export", params, {"opset"})
     report = export_onnx(model, ctx.input_size, work / "model.onnx", opset=int(params.get("opset", 17)))
     return StepResult(model, onnx_path=work / "model.onnx", details={"export": report.to_dict()})
+
+
+def _last_quantize(ctx: RunContext) -> tuple[Path, dict] | None:
+    """The int8 QDQ ONNX and params of the run's latest completed quantize step, if any."""
+    import json
+
+    found = None
+    for step_dir in sorted((ctx.out_dir / "steps").glob("*")):
+        meta_file = step_dir / "step.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        if meta.get("type") == "quantize" and meta.get("onnx"):
+            found = (step_dir / meta["onnx"], meta.get("params", {}))
+    return found
+
+
+@register_step("deploy")
+def deploy_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
+    """Every runtime in `to`, checked in its own runtime; int8 too after a quantize step (same calibration)."""
+    from slimkit.deploy.multi import Int8Source, export_multi
+    from slimkit.deploy.runtime import parse_runtimes
+
+    _check_params("deploy", params, {"to", "repetitions"})
+    # ONNX always: the compress report measures every stage on ONNX Runtime.
+    names = list(dict.fromkeys(["onnx", *parse_runtimes(params.get("to", ["onnx"]))]))
+    quant = _last_quantize(ctx)
+    calib_samples = int(quant[1].get("calib_samples", 256)) if quant else 256
+    data = _quant_data(ctx, calib_samples)
+    int8 = Int8Source(quant[0], data.calib_x, data.val_x, data.val_y, origin="quantize step") if quant else None
+    ctx.say(f"deploying to {', '.join(names)}" + (" (fp32 and int8)" if int8 else " (fp32)"))
+    report = export_multi(model, ctx.input_size, work / "deploy", names, check_x=data.calib_x[:4], int8=int8,
+                          threads=ctx.threads, repetitions=int(params.get("repetitions", 50)), say=ctx.say)
+    onnx = work / "deploy" / ("model.int8.onnx" if int8 else "model.onnx")
+    return StepResult(model, onnx_path=onnx, details={"deploy": report})

@@ -9,7 +9,12 @@ from slimkit.utils.registry import Registry
 __all__ = ["EXPORTERS", "register_exporter", "get_exporter", "list_exporters"]
 
 # Built-in exporters live in their own modules; importing one registers it.
-_BUILTIN = {"onnx": "slimkit.deploy.onnx_export"}
+_BUILTIN = {
+    "onnx": "slimkit.deploy.onnx_export",
+    "openvino": "slimkit.deploy.openvino_export",
+    "tflite": "slimkit.deploy.tflite_export",
+    "executorch": "slimkit.deploy.executorch_export",
+}
 EXPORTERS: Registry = Registry("export format", modules=_BUILTIN)
 _EXPORTERS = EXPORTERS  # older name
 

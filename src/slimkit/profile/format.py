@@ -39,6 +39,12 @@ def _summary_table(p: Profile):
         )
     for runtime, err in p.latency_errors.items():
         table.add_row(f"latency {runtime}", f"[red]unavailable: {err}[/red]")
+    if len(p.latency_ms) > 2:
+        fastest = min(p.latency_ms, key=lambda r: p.latency_ms[r]["median"])
+        ratios = ", ".join(f"{r} {p.latency_ms[r]['median'] / p.latency_ms[fastest]['median']:.2f}x"
+                           for r in p.latency_ms if r != fastest)
+        table.add_row("fastest runtime", f"{fastest} (the others, time relative to it: {ratios}; interleaved, "
+                      f"batch {p.batch}, {p.throughput.get('threads')} thread(s))")
     if p.throughput.get("matmul_ceiling_gmacs"):
         table.add_row("conditions", f"{p.throughput['threads']} threads; matmul ceiling "
                       f"{p.throughput['matmul_ceiling_gmacs']:.1f} GMAC/s (best fp32 square matmul, same run)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -141,8 +141,13 @@ def profile(
     measure_memory: bool = True,
     repetitions: int = 50,
     ceiling: bool = True,
+    runtimes: Sequence[str] = (),
 ) -> Profile:
-    """Profile a model (left unchanged) at batch `batch` and `input_size` (default: the model's own)."""
+    """Profile a model (left unchanged) at batch `batch` and `input_size` (default: the model's own).
+
+    `runtimes`: deploy runtimes (openvino, tflite, executorch) timed besides PyTorch and ONNX Runtime,
+    interleaved in the same run, each on an artifact checked against the model.
+    """
     from slimkit.profile.counter import count_macs
 
     if batch < 1:
@@ -169,7 +174,7 @@ def profile(
         layers=_layer_rows(model, count), environment=_environment(threads),
     )
     if latency:
-        _add_latency(result, model, example, threads, onnxruntime, repetitions, ceiling)
+        _add_latency(result, model, example, threads, onnxruntime, repetitions, ceiling, runtimes)
     model.train(was_training)
     return result
 
@@ -181,11 +186,11 @@ def measure_peak_activation_bytes(model: nn.Module, example: torch.Tensor) -> in
 
 
 def _add_latency(result: Profile, model: nn.Module, example, threads: int, onnxruntime: bool, reps: int,
-                 with_ceiling: bool) -> None:
+                 with_ceiling: bool, runtimes: Sequence[str] = ()) -> None:
     from slimkit.profile.latency import matmul_ceiling_gmacs, measure_latency
 
-    timings, errors = measure_latency(model, example, threads=threads, onnxruntime=onnxruntime, repetitions=reps,
-                                      min_time_s=1.0 if with_ceiling else 0.3)
+    timings, errors = measure_latency(model, example, threads=threads, onnxruntime=onnxruntime, runtimes=runtimes,
+                                      repetitions=reps, min_time_s=1.0 if with_ceiling else 0.3)
     ceiling = matmul_ceiling_gmacs(threads) if with_ceiling else None
     result.latency_ms = {name: t.to_dict() for name, t in timings.items()}
     result.latency_errors = errors
