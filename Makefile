@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/slimkit compress examples/digits_cnn.py:digits_cnn --data digits --budget latency=0.2 --set train.epochs=3 --set finetune.epochs=2 --out runs/demo --overwrite
 
+# ruff with the small bug-finding rule set in pyproject.toml ([tool.ruff.lint]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 

@@ -174,7 +174,7 @@ def time_model(name: str, row: dict, args) -> dict:
         model.eval()
         example = torch.from_numpy(x)
 
-        def eager(m=model):
+        def eager(m=model, example=example):
             with torch.no_grad():
                 m(example)
 

@@ -12,17 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY_MODEL = """
-import torch.nn as nn
-
-def tiny(num_classes=10):
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
-
-tiny.input_size = (3, 16, 16)
-"""
+from cli_helpers import tiny_model_file
 
 TINY_RECIPE = """
 version: 1
@@ -44,9 +34,8 @@ def cli(*args, **kw):
 
 
 def _files(tmp: Path, epochs: int = 2) -> tuple[str, Path]:
-    (tmp / "tiny.py").write_text(TINY_MODEL)
     (tmp / "tiny.yaml").write_text(TINY_RECIPE.replace("EPOCHS", str(epochs)))
-    return f"{tmp / 'tiny.py'}:tiny", tmp / "tiny.yaml"
+    return tiny_model_file(tmp), tmp / "tiny.yaml"
 
 
 DATA_ARGS = ["--data", "digits", "--train-samples", "256", "--val-samples", "64"]
@@ -75,7 +64,15 @@ def test_report_keys_and_budget(tiny_run):
     assert report["budget_met"] is (report["final"]["macs"] <= 0.5 * report["baseline"]["macs"])
     assert report["budget_met"]
     assert report["final"]["size_bytes"] < report["steps"][1]["size_bytes"]  # int8 file is smaller than fp32
-    assert report["conditions"]["interleaved"] and report["conditions"]["runtime"] == "onnxruntime"
+    # the accuracy figures are ONNX Runtime's, on the deployed files: re-run them here on the same val split
+    import onnxruntime as ort
+
+    from slimkit.data import load_data
+
+    x, y = load_data("digits", (3, 16, 16), train_samples=256, val_samples=64, seed=0).val.tensors()
+    sess = ort.InferenceSession(str(out / "final" / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert report["final"]["accuracy"] == pytest.approx(100.0 * float((logits.argmax(1) == y.numpy()).mean()))
     assert "budget macs=0.5 met" in res.stdout
 
 

@@ -79,7 +79,7 @@ def one_process(spec, data, loss_fn=None, **changes):
 def assert_same_state(got, ref, skip=()):
     for name, tensor in ref.items():
         if not name.endswith(skip):
-            torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def ddp_metrics(out):

@@ -148,7 +148,14 @@ def test_a_previous_run_is_never_clobbered(data, tmp_path):
     assert (out / "model.safetensors").read_bytes() != before
 
 
-def test_bf16_autocast_trains_on_cpu(data):
-    result = fit(small_cnn()[0], data, TrainConfig(epochs=1, batch_size=64, bf16=True), progress=False)
+@pytest.mark.parametrize("bf16", [True, False])
+def test_bf16_autocast_trains_on_cpu(data, bf16):
+    model = small_cnn()[0]
+    seen: set[torch.dtype] = set()
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    first_conv.register_forward_hook(lambda m, i, out: seen.add(out.dtype) if m.training else None)
+    result = fit(model, data, TrainConfig(epochs=1, batch_size=64, bf16=bf16), progress=False)
+    # the training forward really ran in bfloat16 when asked (and only then): an ignored flag fails here
+    assert seen == ({torch.bfloat16} if bf16 else {torch.float32})
     assert math.isfinite(result.metrics["train_loss"])
     assert all(p.dtype == torch.float32 for p in result.model.parameters())  # autocast leaves weights fp32

@@ -150,13 +150,24 @@ def test_absolute_latency_budget_uses_onnxruntime_or_fails(monkeypatch):
         _latency_fraction(_context("latency=2ms"))
 
 
-def test_a_clamped_prune_target_is_recorded(caplog):
+def test_a_clamped_prune_target_is_recorded(caplog, monkeypatch):
+    from types import SimpleNamespace
+
+    import slimkit.compress.int8_gain as int8_gain
     from slimkit.compress.steps import _prune_target
 
+    # the original's measured files: fp32 1000 bytes, int8 300 bytes for 200 params (100 bytes besides weights)
+    monkeypatch.setattr(int8_gain, "measure_int8_size", lambda *a: {"fp32_bytes": 1000, "int8_bytes": 300, "params": 200})
+
+    def context(budget):
+        ctx = _context(budget, has_quantize=True)
+        ctx.data = SimpleNamespace(train=SimpleNamespace(tensors=lambda: (torch.zeros(32, 3, 8, 8), None)))
+        return ctx
+
     with caplog.at_level(logging.WARNING):
-        target, how = _prune_target(_context("size=0.5", has_quantize=True), {})
+        target, how = _prune_target(context("size=0.5"), {})
     assert target == "params=0.95"
-    assert how["clamped"]["wanted"] == pytest.approx(0.5 * 4 * 0.95) and how["clamped"]["used"] == 0.95
+    assert how["clamped"]["wanted"] == pytest.approx((0.5 * 0.95 * 1000 - 100) / 200) and how["clamped"]["used"] == 0.95
     assert any("clamped to 0.95" in w for w in _warnings(caplog))
-    target, how = _prune_target(_context("size=0.2", has_quantize=True), {})
-    assert target == "params=0.76" and "clamped" not in how
+    target, how = _prune_target(context("size=0.2"), {})
+    assert target == "params=0.45" and "clamped" not in how  # (0.2 * 0.95 * 1000 - 100) / 200

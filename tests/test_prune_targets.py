@@ -56,11 +56,41 @@ def test_impossible_target_raises_and_leaves_model_alone():
     assert [p.shape for p in model.parameters()] == before
 
 
-def test_latency_target_chooses_rounding_by_measurement():
-    model = _wide()
-    result = prune_(model, PruneConfig(target="latency=0.7", round_to=None, tolerance=0.5), torch.randn(1, 3, 32, 32))
+def _ort_latency_ratio(reference: nn.Module, candidate: nn.Module, size, tmp_path) -> float:
+    """candidate / reference median latency on ONNX Runtime (1 thread), timed interleaved in this test."""
+    import numpy as np
+
+    from slimkit.deploy.onnx_export import export_onnx, ort_session
+    from slimkit.profile.timing import measure_interleaved
+
+    x = np.random.default_rng(0).standard_normal((1, *size)).astype(np.float32)
+    runners = {}
+    for name, model in (("ref", reference), ("cand", candidate)):
+        export_onnx(model, size, tmp_path / f"{name}.onnx")
+        sess = ort_session(tmp_path / f"{name}.onnx", threads=1)
+        runners[name] = lambda s=sess: s.run(None, {s.get_inputs()[0].name: x})
+    t = measure_interleaved(runners, warmup=3, repetitions=20, rounds=4, min_time_s=0.2)
+    return t["cand"].median / t["ref"].median
+
+
+def test_latency_target_met_and_confirmed_by_a_second_measurement(tmp_path):
+    """A measured search can promise its own measurement: the chosen copy measured <= target x (1 + tolerance),
+    and it is the copy with the most MACs that did. A fresh interleaved measurement in this test (a ratio of two
+    timings, never a wall-clock) confirms the bound within 15%: the spread of one ratio was 2-4% on a quiet 2-core
+    EPYC and up to 20% at load average 20, where picking the most MACs among the copies measured under the bound
+    also favours a copy measured low."""
+    import copy
+
+    model, size = _wide(), (3, 32, 32)
+    original = copy.deepcopy(model)
+    cfg = PruneConfig(target="latency=0.6", round_to=None)  # default tolerance 0.1: chosen ratio <= 0.66
+    result = prune_(model, cfg, torch.randn(1, *size))
     assert {t["round_to"] for t in result.trials} == {1, 8, 16}  # every candidate rounding was timed
-    assert result.round_to in (1, 8, 16)
-    chosen = [t for t in result.trials if t["round_to"] == result.round_to and t["level"] == round(result.level, 5)]
-    assert chosen and result.achieved == pytest.approx(chosen[0]["ratio"], abs=1e-5)  # the measured ratio
-    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    bound = 0.6 * (1 + cfg.tolerance)
+    meeting = [t for t in result.trials if t["ratio"] <= bound]
+    chosen = max(meeting, key=lambda t: t["macs"])
+    assert result.achieved <= bound and result.achieved == pytest.approx(chosen["ratio"], abs=1e-5)
+    assert result.after["macs"] == chosen["macs"] and result.round_to == chosen["round_to"]
+    again = sorted(_ort_latency_ratio(original, model, size, tmp_path) for _ in range(3))[1]
+    assert again <= bound * 1.15, (again, result.achieved)
+    assert model(torch.randn(1, *size)).shape == (1, 10)

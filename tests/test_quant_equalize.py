@@ -92,12 +92,62 @@ def _quantized_weights(model: nn.Module, per_channel: bool) -> nn.Module:
     return q
 
 
-def test_quantize_weight_matches_onnxruntime_rounding():
-    w = torch.tensor([[1.0, -0.5, 0.26], [0.1, 0.0, -0.02]])
-    q = quantize_weight(w, per_channel=True)
-    # per row: scale = max|w| / 127; values rounded to the nearest step
-    torch.testing.assert_close(q[0], torch.round(w[0] * 127) / 127)
-    torch.testing.assert_close(q[1], torch.round(w[1] / (0.1 / 127)) * (0.1 / 127))
+def _ort_dequantized_weight(w: torch.Tensor, per_channel: bool, tmp_path) -> torch.Tensor:
+    """ONNX Runtime's own int8 weight: quantize_static (QDQ, symmetric int8 weights, as slimkit's PTQ calls it)
+    on a one-conv model, then the weight's DequantizeLinear run in an ORT session."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from slimkit.deploy.onnx_export import ort_session
+
+    cin = w.shape[1]
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "one_conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w.numpy(), "w")])
+    fp32, int8 = tmp_path / f"conv{per_channel}.onnx", tmp_path / f"conv{per_channel}.int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": np.random.default_rng(i).standard_normal((1, cin, 4, 4)).astype(np.float32)}
+                                 for i in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    model = onnx.load(str(int8))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    dq = next(n for n in model.graph.node if n.output[0] == conv.input[1])
+    assert dq.op_type == "DequantizeLinear"
+    inits = {t.name for t in model.graph.initializer}
+    assert set(dq.input) <= inits  # the weight is an int8 initializer, not computed at run time
+    del model.graph.node[:]
+    model.graph.node.append(dq)
+    del model.graph.input[:], model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info(dq.output[0], TensorProto.FLOAT, None))
+    path = tmp_path / f"dq{per_channel}.onnx"
+    onnx.save(model, path)
+    return torch.from_numpy(ort_session(path, threads=1).run(None, {})[0])
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_quantize_weight_matches_onnxruntime_rounding(per_channel, tmp_path):
+    """The weight rounding bias correction models is ONNX Runtime's, bit for bit (scale max|w| / 127)."""
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.tensor([[1.0, -0.5, 0.26, 0.003], [0.1, 0.0, -0.02, 0.07]])
+    spread = torch.randn(6, 4, generator=gen) * 10 ** torch.linspace(-3, 1, 6).view(6, 1)  # four decades
+    w = torch.cat([rows, spread]).view(8, 4, 1, 1)
+    ort = _ort_dequantized_weight(w, per_channel, tmp_path)
+    ours = quantize_weight(w, per_channel=per_channel)
+    torch.testing.assert_close(ours, ort, rtol=1e-6, atol=1e-9)  # a rounding step is >= 1/127 of the row max
+    if per_channel:  # by hand, first row: scale 1/127, each value rounded to the nearest step
+        torch.testing.assert_close(ours[0].flatten(), torch.round(rows[0] * 127) / 127)
 
 
 def test_bias_correction_removes_the_mean_shift():

@@ -1,6 +1,5 @@
 """Quantune: a gradient-boosted-trees surrogate finds the grid's best trade-off in fewer evaluations."""
 
-import pytest
 
 from slimkit.compress.quantize.tuner import Trial, TuneSpace, grid_search, pareto_front, pick_best, tune
 

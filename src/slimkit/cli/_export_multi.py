@@ -109,5 +109,5 @@ def _print(con, out: Path, data: dict) -> None:
     if lat:
         con.print(f"PyTorch eager fp32: {lat['pytorch_fp32_ms']['median']:.3f} ms; fastest: "
                   + ", ".join(f"{p} {rt}" for p, rt in lat["fastest"].items()), highlight=False, soft_wrap=True)
-    for name, why in data["unavailable"].items():
+    for why in data["unavailable"].values():
         con.print(f"[bold yellow]not exported: {why}[/bold yellow]", soft_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ from slimkit.errors import BadInputError
 __all__ = ["Budget", "parse_budget", "BUDGET_KINDS"]
 
 BUDGET_KINDS = ("macs", "params", "size", "latency")
-_BUDGET = re.compile(r"^\s*(?P<kind>[a-z]+)\s*=\s*(?P<value>[0-9]*\.?[0-9]+)\s*(?P<unit>ms|%)?\s*$")
+_BUDGET = re.compile(r"^\s*(?P<kind>[a-z]+)\s*=\s*(?P<value>[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(?P<unit>ms|%)?\s*$")
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Budget:
     absolute_ms: float | None = None
 
     def __str__(self) -> str:
-        return f"{self.kind}={self.absolute_ms:g}ms" if self.absolute_ms is not None else f"{self.kind}={self.fraction:g}"
+        return f"{self.kind}={exact_number(self.absolute_ms)}ms" if self.absolute_ms is not None else f"{self.kind}={exact_number(self.fraction)}"
 
     def limit(self, baseline_value: float) -> float:
         """The ceiling in the figure's own unit, given the baseline's figure."""
@@ -36,11 +37,19 @@ class Budget:
         return self.limit(baseline_value) / baseline_value
 
 
+def exact_number(value: float) -> str:
+    """Short form when it reads back as the same number (0.25, 4), else the exact repr: str(budget) re-parses."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
 def parse_budget(text: str) -> Budget:
     match = _BUDGET.match(str(text).lower())
     if not match:
         raise BadInputError(f"malformed budget {text!r}: expected KIND=FRACTION (e.g. latency=0.25) or latency=4ms")
     kind, value, unit = match["kind"], float(match["value"]), match["unit"]
+    if not math.isfinite(value):
+        raise BadInputError(f"budget {text!r} is not a finite number")
     if kind not in BUDGET_KINDS:
         raise BadInputError(f"unknown budget kind {kind!r}; choose from {', '.join(BUDGET_KINDS)}")
     if unit == "ms":

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from slimkit.compress.budget import parse_budget
 from slimkit.compress.recipe import STEPS, Recipe
-from slimkit.compress.steps import RunContext, StepResult
+from slimkit.compress.steps import RunContext, StepResult, check_step_params
 from slimkit.errors import BadInputError
 from slimkit.utils.io import atomic_dir, atomic_write_json
 
@@ -139,6 +139,7 @@ def compress(
 
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     budget_obj = parse_budget(budget or recipe.budget or "latency=0.25")
+    check_step_params(recipe)
     out_dir = Path(out_dir)
     ctx, model = _prepare(model, out_dir, recipe, data, budget_obj, input_size, info, trust_code, train_samples,
                           val_samples, threads, seed, say or (lambda m: log.info(m)))

@@ -25,9 +25,12 @@ STEPS: Registry = Registry("compress step", modules={name: _BUILTIN_STEPS for na
                                                       ("train", "prune", "finetune", "quantize", "export", "deploy")})
 
 
-def register_step(name: str) -> Callable:
-    """Register `fn(ctx, model, params, work_dir) -> StepResult`: recipes may then name it as a step type."""
-    return STEPS.register(name)
+def register_step(name: str, *, check: Callable[[dict[str, Any]], Any] | None = None) -> Callable:
+    """Register `fn(ctx, model, params, work_dir) -> StepResult`: recipes may then name it as a step type.
+
+    `check(params)` validates the step's params before a run writes anything (raise BadInputError).
+    """
+    return STEPS.register(name, check=check)
 
 
 class Step(BaseModel):
@@ -87,7 +90,10 @@ class Recipe(BaseModel):
             steps = [s for s in data["steps"] if (s.get("name") or s["type"]) == step_label]
             if not steps:
                 raise BadInputError(f"override {item!r} names no step of recipe {self.name!r}")
-            steps[0]["params"][key] = yaml.safe_load(raw)
+            try:
+                steps[0]["params"][key] = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                raise BadInputError(f"override {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from exc
         return _validate(data, f"recipe {self.name!r} with overrides")
 
 

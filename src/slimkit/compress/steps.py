@@ -6,7 +6,10 @@ its own (temporary) step directory, and returns the model it produced.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,13 +21,12 @@ from slimkit.compress.budget import Budget
 from slimkit.compress.recipe import STEPS, register_step
 from slimkit.errors import BadInputError, SlimkitError
 
-__all__ = ["RunContext", "StepResult", "register_step", "STEPS"]
+__all__ = ["RunContext", "StepResult", "register_step", "STEPS", "check_step_params"]
 
 log = logging.getLogger(__name__)
 
-# int8 weights take a quarter of fp32's bytes: what a size budget leaves to pruning when a quantize step follows.
-INT8_SIZE_FACTOR = 4.0
 TARGET_MARGIN = 0.95
+CEILING_RETRIES = 3  # macs/params budgets are ceilings: re-prune aiming lower when the pruner lands above one
 INT8_GAIN_MARGIN = 0.7  # a pruned model gains less from int8 than the original: count on 70% of it
 MAX_PRUNE_TARGET = 0.95  # PruneConfig targets are fractions below 1
 
@@ -64,13 +66,76 @@ class StepResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_params(step: str, params: dict[str, Any], allowed: set[str]) -> None:
+def _check_params(params: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise BadInputError(f"step {step!r} has unknown params: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+        raise BadInputError(f"unknown params: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
 
 
 _TRAIN_KEYS = {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip"}
+_FINETUNE_KEYS = _TRAIN_KEYS | {"distill", "temperature", "alpha"}
+_PRUNE_KEYS = {"target", "criterion", "allocation", "round_to", "unstructured", "tolerance", "int8_aware",
+               "schedule", "steps", "epochs", "lr", "batch_size", "kd"}
+
+
+def _check_train(params: dict[str, Any], allowed: set[str] = _TRAIN_KEYS | {"loss", "loss_layer"}) -> None:
+    from slimkit.engine import TrainConfig
+
+    _check_params(params, allowed)
+    TrainConfig(**{k: v for k, v in params.items() if k in _TRAIN_KEYS})
+
+
+def _check_finetune(params: dict[str, Any]) -> None:
+    _check_train(params, _FINETUNE_KEYS)
+    for key, ok, what in (("temperature", lambda v: 0 < v < math.inf, "> 0"), ("alpha", lambda v: 0 <= v <= 1, "in [0, 1]")):
+        value = params.get(key, 0.5)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            raise BadInputError(f"{key} must be a number {what}, got {value!r}")
+
+
+def _check_prune(params: dict[str, Any]) -> None:
+    from slimkit.compress.prune import PruneConfig
+
+    _check_params(params, _PRUNE_KEYS)
+    PruneConfig(target=str(params.get("target") or "macs=0.5"), **{k: v for k, v in params.items() if k not in ("target", "int8_aware")})
+
+
+def _quantize_config(params: dict[str, Any]):
+    """PTQ (kind ptq, the default), QAT or codebook config: unknown params and bad values give one line."""
+    from slimkit.compress.quantize.config import load_config
+
+    return load_config({**params, "kind": str(params.get("kind", "ptq"))})
+
+
+def _check_export(params: dict[str, Any]) -> None:
+    _check_params(params, {"opset"})
+    opset = params.get("opset", 17)
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= 23:
+        raise BadInputError(f"opset must be an integer in 7..23, got {opset!r}")
+
+
+def _check_deploy(params: dict[str, Any]) -> None:
+    from slimkit.deploy.runtime import parse_runtimes
+
+    _check_params(params, {"to", "repetitions"})
+    to = params.get("to", ["onnx"])
+    if not isinstance(to, str) and not (isinstance(to, list) and all(isinstance(t, str) for t in to)):
+        raise BadInputError(f"to must be a runtime name or a list of them, got {to!r}")
+    parse_runtimes(to)
+    repetitions = params.get("repetitions", 50)
+    if isinstance(repetitions, bool) or not isinstance(repetitions, int) or repetitions < 1:
+        raise BadInputError(f"repetitions must be an integer >= 1, got {repetitions!r}")
+
+
+def check_step_params(recipe) -> None:
+    """Check every step's params before a run writes anything: a typo must not surface after training."""
+    for step in recipe.steps:
+        check = STEPS.meta(step.type).get("check")
+        try:
+            if check is not None:
+                check(dict(step.params))
+        except BadInputError as exc:
+            raise BadInputError(f"recipe {recipe.name!r}, step {step.label!r}: {exc}") from exc
 
 
 def _train_config(ctx: RunContext, params: dict[str, Any]):
@@ -80,12 +145,11 @@ def _train_config(ctx: RunContext, params: dict[str, Any]):
     return TrainConfig(seed=ctx.seed, **kwargs)
 
 
-@register_step("train")
+@register_step("train", check=_check_train)
 def train_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
     from slimkit.engine import fit
     from slimkit.engine.losses import make_loss
 
-    _check_params("train", params, _TRAIN_KEYS | {"loss", "loss_layer"})
     if ctx.trained:
         return StepResult(model, details={"skipped": "the given model is a trained slimkit checkpoint"})
     loss_name = params.get("loss", "ce")
@@ -108,9 +172,7 @@ def _prune_target(ctx: RunContext, params: dict[str, Any]) -> tuple[str, dict[st
         # Aim a little under: the pruner lands within a few percent of its target, and the budget is a ceiling.
         return f"{budget.kind}={budget.fraction * TARGET_MARGIN:g}", {"from": "budget"}
     if budget.kind == "size":
-        factor = INT8_SIZE_FACTOR if ctx.has_quantize else 1.0
-        how = {"from": "budget", "int8_size_factor": factor}
-        return f"params={_clamped(budget.fraction * factor * TARGET_MARGIN, how):g}", how
+        return _size_target(ctx)
     fraction, how = _latency_fraction(ctx), {"from": "budget"}
     if ctx.has_quantize and params.get("int8_aware", True):
         # Leave to int8 only the speedup it was just measured to give this model, with a margin.
@@ -134,6 +196,28 @@ def _clamped(fraction: float, how: dict[str, Any]) -> float:
     return MAX_PRUNE_TARGET
 
 
+def _size_target(ctx: RunContext) -> tuple[str, dict[str, Any]]:
+    """The params fraction whose file meets a size budget. With a quantize step, the int8 file of the original
+    is measured and modelled as fixed bytes plus one byte per parameter (the fixed part is an upper bound:
+    per-channel scales shrink with pruning too), so the budget holds as a ceiling."""
+    budget = ctx.budget
+    if not ctx.has_quantize:
+        how: dict[str, Any] = {"from": "budget"}
+        return f"params={_clamped(budget.fraction * TARGET_MARGIN, how):g}", how
+    from slimkit.compress.int8_gain import measure_int8_size
+
+    calib_x, _ = ctx.data.train.tensors()
+    size = measure_int8_size(ctx.original, ctx.input_size, calib_x[:32].numpy())
+    fixed = max(0, size["int8_bytes"] - size["params"])
+    fraction = (budget.fraction * TARGET_MARGIN * size["fp32_bytes"] - fixed) / size["params"]
+    if fraction <= 0:
+        raise BadInputError(f"size budget {budget} is out of reach: {budget.fraction * size['fp32_bytes']:.0f} bytes, "
+                            f"but the int8 file of this model has {fixed} bytes besides its weights "
+                            f"(int8 {size['int8_bytes']} of fp32 {size['fp32_bytes']} bytes)")
+    how = {"from": "budget", "int8_size": size}
+    return f"params={_clamped(fraction, how):g}", how
+
+
 def _latency_fraction(ctx: RunContext) -> float:
     budget = ctx.budget
     if budget.fraction is not None:
@@ -153,13 +237,11 @@ def _latency_fraction(ctx: RunContext) -> float:
     return fraction
 
 
-@register_step("prune")
+@register_step("prune", check=_check_prune)
 def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
     from slimkit.compress.prune import PruneConfig, prune_
     from slimkit.compress.prune.criteria import Calibration, criterion_needs_data
 
-    _check_params("prune", params, {"target", "criterion", "allocation", "round_to", "unstructured", "tolerance",
-                                    "int8_aware", "schedule", "steps", "epochs", "lr", "batch_size", "kd"})
     kwargs = {k: v for k, v in params.items() if k not in ("target", "int8_aware")}
     target, derivation = _prune_target(ctx, params)
     config = PruneConfig(target=target, latency_threads=ctx.threads, seed=ctx.seed, **kwargs)
@@ -168,16 +250,25 @@ def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
         x, y = ctx.data.train.tensors()
         calib = Calibration([(x[i : i + 64], y[i : i + 64]) for i in range(0, min(len(y), 256), 64)])
     ctx.say(f"pruning toward {config.target} ({config.schedule}, {config.criterion}, round to {config.round_to})")
-    result = prune_(model, config, torch.randn(1, *ctx.input_size), calib, data=ctx.data)
-    return StepResult(model, details={"prune": result.to_dict(), "config": config.to_dict(), "target_from": derivation})
+    ceiling = ctx.budget.fraction if derivation["from"] == "budget" and ctx.budget.kind in ("macs", "params") else None
+    for attempt in range(CEILING_RETRIES):
+        pruned = copy.deepcopy(model)
+        result = prune_(pruned, config, torch.randn(1, *ctx.input_size), calib, data=ctx.data)
+        if ceiling is None or result.achieved <= ceiling or attempt == CEILING_RETRIES - 1:
+            break
+        # the pruner lands within its tolerance of the target, on either side: aim lower so the ceiling holds
+        aim = config.parsed_target.ratio * ceiling / result.achieved * TARGET_MARGIN
+        ctx.say(f"pruned to {result.achieved:.3f} of the {ctx.budget.kind}, above the budget {ceiling:g}: retrying at {aim:.3f}")
+        derivation.setdefault("retries", []).append({"target": config.target, "achieved": result.achieved})
+        config = dataclasses.replace(config, target=f"{ctx.budget.kind}={aim:g}")
+    return StepResult(pruned, details={"prune": result.to_dict(), "config": config.to_dict(), "target_from": derivation})
 
 
-@register_step("finetune")
+@register_step("finetune", check=_check_finetune)
 def finetune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
     from slimkit.compress.distill.self_distill import SelfDistill
     from slimkit.engine import fit
 
-    _check_params("finetune", params, _TRAIN_KEYS | {"distill", "temperature", "alpha"})
     distill = bool(params.get("distill", True)) and ctx.original is not None
     loss = SelfDistill(ctx.original, temperature=params.get("temperature", 4.0), alpha=params.get("alpha", 0.5)) if distill else None
     ctx.say(f"fine-tuning {params.get('epochs', 'default')} epochs" + (" with distillation from the original" if distill else ""))
@@ -195,14 +286,12 @@ def _quant_data(ctx: RunContext, calib_samples: int):
                            mean=ctx.data.mean, std=ctx.data.std, seed=ctx.seed)
 
 
-@register_step("quantize")
+@register_step("quantize", check=_quantize_config)
 def quantize_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
     """Static int8 (kind ptq, the default), quantization-aware training (qat) or weight codebooks (codebook)."""
     from slimkit.compress.quantize.api import quantize
-    from slimkit.compress.quantize.config import load_config
-
     kind = str(params.get("kind", "ptq"))
-    config = load_config({**params, "kind": kind})  # unknown params and bad values: one-line BadInputError
+    config = _quantize_config(params)
     data = ctx.data
     if kind == "ptq":
         data = _quant_data(ctx, config.calib_samples)
@@ -218,11 +307,10 @@ def quantize_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], wor
     return StepResult(result.model, onnx_path=result.onnx_path, details=details)
 
 
-@register_step("export")
+@register_step("export", check=_check_export)
 def export_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
     from slimkit.deploy.onnx_export import export_onnx
 
-    _check_params("export", params, {"opset"})
     report = export_onnx(model, ctx.input_size, work / "model.onnx", opset=int(params.get("opset", 17)))
     return StepResult(model, onnx_path=work / "model.onnx", details={"export": report.to_dict()})
 
@@ -240,13 +328,12 @@ def _last_quantize(ctx: RunContext) -> tuple[Path, dict] | None:
     return found
 
 
-@register_step("deploy")
+@register_step("deploy", check=_check_deploy)
 def deploy_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
     """Every runtime in `to`, checked in its own runtime; int8 too after a quantize step (same calibration)."""
     from slimkit.deploy.multi import Int8Source, export_multi
     from slimkit.deploy.runtime import parse_runtimes
 
-    _check_params("deploy", params, {"to", "repetitions"})
     # ONNX always: the compress report measures every stage on ONNX Runtime.
     names = list(dict.fromkeys(["onnx", *parse_runtimes(params.get("to", ["onnx"]))]))
     quant = _last_quantize(ctx)

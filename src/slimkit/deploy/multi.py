@@ -19,7 +19,7 @@ import numpy as np
 import torch.nn as nn
 
 from slimkit.deploy.runtime import RUNTIMES, RuntimeUnavailable, get_runtime, runtime_status
-from slimkit.errors import BadInputError, SlimkitError
+from slimkit.errors import BadInputError
 from slimkit.utils.io import atomic_dir, atomic_write_json
 
 __all__ = ["Int8Source", "export_multi", "runtime_unavailable_reason", "DEPLOY_VERSION"]

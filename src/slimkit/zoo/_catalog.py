@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 __all__ = ["ZooEntry", "zoo_model_names", "TIMM_LIGHTWEIGHT", "catalogue", "measure_entry", "pareto_front"]
 

@@ -213,7 +213,7 @@ class EfficientVMamba(ClassifierMixin, nn.Module):
         self.embed_norm = nn.LayerNorm(dims[0])
         dpr = _linspace(drop_path_rate, sum(depths))
         stages = []
-        for i, (dim, n) in enumerate(zip(dims, depths)):
+        for i, (dim, _n) in enumerate(zip(dims, depths)):
             rates = dpr[sum(depths[:i]) : sum(depths[: i + 1])]
             if i < 2:
                 blocks = [EVSSBlock(dim, d_state, ssm_ratio, r) for r in rates]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -29,7 +30,9 @@ class Target:
     ratio: float
 
     def __str__(self) -> str:
-        return f"{self.kind}={self.ratio:g}"
+        from slimkit.compress.budget import exact_number
+
+        return f"{self.kind}={exact_number(self.ratio)}"  # reads back as the same target
 
 
 def parse_target(text: str | Target | None) -> Target | None:
@@ -75,6 +78,7 @@ class PruneConfig:
     def __post_init__(self) -> None:
         from slimkit.compress.prune.criteria import CRITERIA
 
+        self._check_types()
         if self.target is not None:
             self.target = str(parse_target(self.target))
         elif self.ratio is None:
@@ -115,6 +119,30 @@ class PruneConfig:
             raise BadInputError("schedule precrop takes a macs= or params= target (or a ratio), not latency")
         if self.kd and self.epochs <= 0:
             raise BadInputError("kd distils while training: give epochs > 0")
+
+    def _check_types(self) -> None:
+        """A config file with a wrong-typed value gets a one-line error, not a TypeError deep inside."""
+        def wrong(name: str, what: str) -> BadInputError:
+            return BadInputError(f"prune config: {name} must be {what}, got {getattr(self, name)!r}")
+
+        for name in ("round_to", "calib_batches", "latency_threads", "seed", "version", "steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                setattr(self, name, int(value))
+            elif not (value is None and name == "round_to") and (isinstance(value, bool) or not isinstance(value, int)):
+                raise wrong(name, "an integer")
+        for name in ("ratio", "tolerance", "max_layer_prune", "unstructured", "epochs", "lr"):
+            value = getattr(self, name)
+            optional = name in ("ratio", "unstructured")
+            if not (value is None and optional) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                                     or not math.isfinite(value)):
+                raise wrong(name, "a finite number")
+        for name in ("target", "criterion", "allocation", "unstructured_scope", "schedule"):
+            value = getattr(self, name)
+            if not isinstance(value, (str, Target) if name == "target" else str) and not (value is None and name == "target"):
+                raise wrong(name, "a string")
+        if not isinstance(self.ignore, (list, tuple)) or not all(isinstance(v, str) for v in self.ignore):
+            raise wrong("ignore", "a list of module-name prefixes")
 
     @property
     def parsed_target(self) -> Target | None:

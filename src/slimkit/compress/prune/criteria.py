@@ -107,8 +107,35 @@ def accumulate_gradients(model: nn.Module, calib: Calibration) -> None:
             F.cross_entropy(model(x), y).backward()
 
 
+class _GroupTaylor(tp.importance.GroupTaylorImportance):
+    """Torch-Pruning's group Taylor plus the BatchNorm layers it skips: its BN branch tests for the
+    GroupNorm handler, so a group's gamma * dL/dgamma never counted (torch-pruning 1.6)."""
+
+    def __init__(self) -> None:
+        # Raw sums; the mean normalisation below makes "sum" and "mean" over layers rank alike.
+        super().__init__(group_reduction="sum", normalizer=None)
+
+    @torch.no_grad()
+    def __call__(self, group):
+        base = super().__call__(group)
+        norms = torch.zeros(len(group[0].idxs))
+        found = False
+        for i, (dep, idxs) in enumerate(group):
+            layer, root = dep.target.module, group[i].root_idxs
+            if dep.handler != tp.prune_batchnorm_out_channels or not layer.affine or layer.weight.grad is None \
+                    or any(r is None for r in root):
+                continue
+            w = layer.weight.detach()[idxs] * layer.weight.grad[idxs]
+            norms.scatter_add_(0, torch.as_tensor(root, dtype=torch.long), w.abs().float())
+            found = True
+        if base is None and not found:
+            return None
+        total = norms + (base.float() if base is not None else 0.0)
+        return total / total.mean().clamp(min=1e-12)
+
+
 @register_criterion("taylor", needs_data=True)
 def _taylor(model: nn.Module, calib: Calibration | None, seed: int):
-    """First-order Taylor |w * dL/dw| summed over the group (Molchanov et al. 2019), on calibration data."""
+    """First-order Taylor |w * dL/dw| summed over the group's conv/linear/BatchNorm weights (Molchanov et al. 2019), on calibration data."""
     accumulate_gradients(model, calib)
-    return tp.importance.GroupTaylorImportance(normalizer="mean", group_reduction="mean")
+    return _GroupTaylor()

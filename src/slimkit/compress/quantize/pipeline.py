@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
