@@ -126,8 +126,10 @@ def _accuracy_pair(float_model: nn.Module, new_model: nn.Module, val) -> dict[st
 def quantize_with_qat(model: nn.Module, config: QATConfig, *, data: Any, input_size, out_dir: Path,
                       teacher: nn.Module | None = None, seed: int = 0, **_: Any) -> QuantizedModel:
     """Fake-quant training through engine.fit (distilling from the float model), exported as int8 QDQ ONNX."""
+    from slimkit.compress.quantize.int8_format import choose_format
     from slimkit.compress.quantize.ort_eval import accuracy
     from slimkit.compress.quantize.qat import export_qat_onnx, prepare_qat, qat_finetune
+    from slimkit.profile.profiler import _environment
     from slimkit.utils.io import atomic_dir, atomic_write_json
 
     train = _labelled(data, "train")
@@ -143,6 +145,8 @@ def quantize_with_qat(model: nn.Module, config: QATConfig, *, data: Any, input_s
             acc["int8_onnxruntime"] = accuracy(tmp / "model.int8.onnx", val[0].numpy(), val[1].numpy())
         report = {"format": "slimkit-quantize", "kind": "qat", "version": 1, "input_size": list(input_size),
                   "config": config.model_dump(), "history": history, "accuracy": acc, "export": export.to_dict(),
+                  "int8_format": choose_format(config.target_cpu, config.weight_format).to_dict(),
+                  "environment": _environment(torch.get_num_threads()),
                   "size_bytes": {"int8": (tmp / "model.int8.onnx").stat().st_size}}
         atomic_write_json(tmp / "report.json", report)
     return QuantizedModel("qat", qmodel, report, out_dir, {"int8_onnx": out_dir / "model.int8.onnx"})

@@ -19,6 +19,7 @@ import torch.nn as nn
 from slimkit.compress.quantize.calib import QuantData
 from slimkit.compress.quantize.config import PTQConfig
 from slimkit.compress.quantize.graph import OnnxGraph
+from slimkit.compress.quantize.int8_format import choose_format
 from slimkit.compress.quantize.ort_eval import accuracy
 from slimkit.compress.quantize.ptq import Int8Builder, QuantSettings, prepare_fp32
 from slimkit.compress.quantize.speed_guard import (LatencyFn, OrtLatency, SpeedGuardResult, final_check, speed_groups,
@@ -110,8 +111,9 @@ def quantize_ptq(
         fp32_report = export_onnx(model, input_size, tmp / "model.onnx", check_inputs=check, atol=config.export_atol)
         fp32_path = tmp / "model.onnx"
         sources = _Sources(model, input_size, data, config, work)
+        fmt = choose_format(config.target_cpu, config.weight_format)
         settings = QuantSettings(config.method, config.per_channel, config.symmetric_activations, config.percentile,
-                                 frozenset(config.exclude))
+                                 frozenset(config.exclude), weights=fmt.weights)
         float_nodes = {n: "user: --exclude" for n in config.exclude}
         evaluate = (lambda p: accuracy(p, data.val_x, data.val_y)) if data.labelled else None
         say("calibrating and quantizing to int8 (QDQ)")
@@ -141,6 +143,7 @@ def quantize_ptq(
         if acc is not None:
             acc["int8"] = evaluate(tmp / "model.int8.onnx")
         fp32_report.path = str(out_dir / "model.onnx")
+        extra["int8_format"] = fmt.to_dict()
         report = _report(input_size, data, config, fp32_report, sources, settings, float_nodes, acc, guard,
                          final_latency, tmp, extra)
         report.update(extra_report or {})
@@ -215,6 +218,8 @@ def _report(input_size, data, config, fp32_report, sources, settings, float_node
             latency, tmp, extra) -> dict:
     import onnx
 
+    from slimkit.profile.profiler import _environment
+
     int8_graph = onnx.load(str(tmp / "model.int8.onnx"))
     ops = [n.op_type for n in int8_graph.graph.node]
     warnings = [guard.warning] if guard.warning else []
@@ -244,5 +249,6 @@ def _report(input_size, data, config, fp32_report, sources, settings, float_node
         "preprocess": sources.notes,
         "export": fp32_report.to_dict(),
         "warnings": warnings,
+        "environment": _environment(conditions.get("threads", 1)),
         **extra,
     }
