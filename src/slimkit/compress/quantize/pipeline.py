@@ -140,6 +140,8 @@ def quantize_ptq(
             say("final timing: fp32 vs int8, interleaved")
             guard = final_check(final_latency, fp32_path, SpeedGuardResult(settings, sources.build(settings)))
         shutil.copyfile(guard.path, tmp / "model.int8.onnx")
+        say("exact int8 check: ONNX Runtime's int8 ops against int32 arithmetic")
+        extra["int8_check"] = _exact_check(tmp / "model.int8.onnx", data, fmt)
         if acc is not None:
             acc["int8"] = evaluate(tmp / "model.int8.onnx")
         fp32_report.path = str(out_dir / "model.onnx")
@@ -150,6 +152,14 @@ def quantize_ptq(
         atomic_write_json(tmp / "report.json", report)
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _exact_check(path: Path, data: QuantData, fmt) -> dict:
+    """The int8 model's ops against exact int32 arithmetic on calibration images (Int8CheckError if saturated)."""
+    from slimkit.compress.quantize.int8_check import enforce_exact, int8_exact_check
+
+    check = int8_exact_check(path, data.calib_x[:8])
+    return {**check.to_dict(), "warning": enforce_exact(check, fmt)}
 
 
 def _mixed_precision(sources, settings, data, acc, config, say):
@@ -222,7 +232,7 @@ def _report(input_size, data, config, fp32_report, sources, settings, float_node
 
     int8_graph = onnx.load(str(tmp / "model.int8.onnx"))
     ops = [n.op_type for n in int8_graph.graph.node]
-    warnings = [guard.warning] if guard.warning else []
+    warnings = [w for w in (guard.warning, extra.get("int8_check", {}).get("warning")) if w]
     if acc is not None:
         acc["drop"] = acc["fp32"] - acc["int8"]
         acc.update(val_samples=len(data.val_x), max_drop=config.max_drop,
