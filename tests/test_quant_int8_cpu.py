@@ -114,3 +114,17 @@ def test_int8_path_is_in_the_report_environment():
 
     assert _environment(1)["int8_path"] == int8_path()
     assert torch.get_num_threads() == 1
+
+
+def test_target_cpu_reaches_the_int8_steps_of_a_recipe(monkeypatch, capsys, tmp_path):
+    from cli_helpers import run_cli_code
+    from slimkit.compress.recipe import Recipe
+
+    recipe = Recipe.model_validate({"name": "r", "steps": [
+        {"type": "prune", "params": {"target": "macs=0.5"}}, {"type": "quantize"},
+        {"type": "quantize", "name": "cb", "params": {"kind": "codebook"}}]})
+    steps = recipe.with_target_cpu("x86-avx2").steps
+    assert steps[1].params == {"target_cpu": "x86-avx2"} and "target_cpu" not in steps[0].params | steps[2].params
+    out = tmp_path / "run"
+    assert run_cli_code(monkeypatch, "compress", "tv:resnet18", "--target-cpu", "pentium", "--out", out) == 2
+    assert "--target-cpu" in capsys.readouterr().err and not out.exists()
