@@ -65,9 +65,9 @@ def int8_path() -> str:
 
 
 def resolve_target(target: str) -> str:
-    """The target family of `--target-cpu` (auto: this machine's)."""
+    """The target family of `--target-cpu`: x86-vnni | x86-avx2 | arm64 (auto: this machine's, or other)."""
     if target == "auto":
-        return _TARGET_OF.get(int8_path(), "x86-vnni")  # other CPUs: no known saturating kernel
+        return _TARGET_OF.get(int8_path(), "other")  # other CPUs: no known saturating int8 kernel
     if target not in TARGET_CPUS:
         from slimkit.errors import BadInputError
 
