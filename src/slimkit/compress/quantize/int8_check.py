@@ -84,11 +84,11 @@ def _conv_acc(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    if pads[:2] != pads[2:]:
-        raise ValueError("asymmetric conv padding")
-    out = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=attrs.get("strides", 1), padding=tuple(pads[:2]),
-                   dilation=attrs.get("dilations", 1), groups=attrs.get("group", 1))
+    top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])  # ONNX order: begins, then ends
+    # ORT pads with the zero point, which is 0 once subtracted; asymmetric (TF "SAME") pads work too.
+    padded = F.pad(torch.from_numpy(x), (left, right, top, bottom))
+    out = F.conv2d(padded, torch.from_numpy(w), stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
+                   groups=attrs.get("group", 1))
     return out.numpy()
 
 
