@@ -205,3 +205,18 @@ def test_real_profile_attributes_every_ms(built):
         convs = fused_closure(g, [n.name for n in g.nodes if n.op_type == "Conv"])
         assert sum(got.get(c, 0) for c in convs) > 0.5 * sum(ms.values())
     assert set(prof(builder.build(QuantSettings()))) - {UNATTRIBUTED} <= {n.name for n in g.nodes}
+
+
+def test_hard_swish_group_is_named_and_closed_over_its_conv(tmp_path):
+    """ORT inlines HardSwish into nameless HardSigmoid + Mul: prepare_fp32 names them, so they can be priced and
+    kept float, and the group takes the conv fp32 fuses them with."""
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Hardswish(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    export_onnx(net, SIZE, tmp_path / "m.onnx")
+    g = OnnxGraph(prepare_fp32(tmp_path / "m.onnx", tmp_path / "pre.onnx"))
+    assert all(n.name for n in g.nodes)
+    hswish = speed_groups(g)["hard_swish"]
+    assert hswish and {g.by_name[n].op_type for n in hswish} <= {"HardSwish", "HardSigmoid", "Mul"}
+    closed = fused_closure(g, hswish)
+    assert [g.by_name[n].op_type for n in closed if n not in hswish] == ["Conv"]
+    assert g.upstream(g.by_name[closed[-1]].output[0]) is g.by_name[closed[-1]] and closed[-1] == g.nodes[0].name
