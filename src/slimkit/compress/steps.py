@@ -48,6 +48,17 @@ class RunContext:
     say: Callable[[str], None] = lambda msg: log.info(msg)
     trust_code: bool = False  # the model's code was named explicitly (or trusted): its step directories reload
     base: nn.Module | None = None  # an in-memory model's architecture, for reloading its step directories
+    limit: Any = None  # AccuracyLimit of the run (slimkit.compress.limit)
+    finetune_params: dict[str, Any] | None = None  # the recipe's finetune step: how to recover after each cut
+    _baseline_top1: float | None = None
+
+    def baseline_top1(self) -> float:
+        """The trained original's val top-1 in points (torch fp32): what the accuracy limit counts from."""
+        if self._baseline_top1 is None:
+            from slimkit.compress.recover import val_top1
+
+            self._baseline_top1 = val_top1(self, self.original)
+        return self._baseline_top1
 
     def reload(self, path: Path) -> nn.Module:
         """The model saved in a step directory, rebuilt exactly (pruned shapes included)."""
@@ -64,6 +75,7 @@ class StepResult:
     model: nn.Module
     onnx_path: Path | None = None  # set by steps whose deployable output is an ONNX file (quantize)
     details: dict[str, Any] = field(default_factory=dict)
+    extra_models: dict[str, nn.Module] = field(default_factory=dict)  # saved as cuts/NAME/model (the cuts tried)
 
 
 def _check_params(params: dict[str, Any], allowed: set[str]) -> None:
@@ -72,10 +84,13 @@ def _check_params(params: dict[str, Any], allowed: set[str]) -> None:
         raise BadInputError(f"unknown params: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
 
 
-_TRAIN_KEYS = {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip"}
+_TRAIN_KEYS = {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip",
+               "patience", "min_delta"}
 _FINETUNE_KEYS = _TRAIN_KEYS | {"distill", "temperature", "alpha"}
 _PRUNE_KEYS = {"target", "criterion", "allocation", "round_to", "unstructured", "tolerance", "int8_aware",
-               "schedule", "steps", "epochs", "lr", "batch_size", "kd"}
+               "schedule", "steps", "epochs", "lr", "batch_size", "kd", "max_stage_cut"}
+_NOT_PRUNE_CONFIG = ("target", "int8_aware", "max_stage_cut")  # prune-step params that PruneConfig does not take
+TRAIN_PATIENCE = 3  # the baseline trains until val top-1 has not improved for this many epochs (or the cap)
 
 
 def _check_train(params: dict[str, Any], allowed: set[str] = _TRAIN_KEYS | {"loss", "loss_layer"}) -> None:
@@ -97,7 +112,10 @@ def _check_prune(params: dict[str, Any]) -> None:
     from slimkit.compress.prune import PruneConfig
 
     _check_params(params, _PRUNE_KEYS)
-    PruneConfig(target=str(params.get("target") or "macs=0.5"), **{k: v for k, v in params.items() if k not in ("target", "int8_aware")})
+    cut = params.get("max_stage_cut", 0.5)
+    if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0 < cut < 1:
+        raise BadInputError(f"max_stage_cut must be a fraction in (0, 1), got {cut!r}")
+    PruneConfig(target=str(params.get("target") or "macs=0.5"), **{k: v for k, v in params.items() if k not in _NOT_PRUNE_CONFIG})
 
 
 def _quantize_config(params: dict[str, Any]):
@@ -155,12 +173,16 @@ def train_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
     loss_name = params.get("loss", "ce")
     example = ctx.data.train.transform(ctx.data.train.images[:2])
     loss = make_loss(loss_name, model, example, **({"layer": params["loss_layer"]} if params.get("loss_layer") else {}))
-    ctx.say(f"training {params.get('epochs', 'default')} epochs ({loss_name} loss)")
-    result = fit(model, ctx.data, _train_config(ctx, params), out_dir=work, resume=work.exists(), info=ctx.info,
-                 loss_fn=loss)
+    config = _train_config(ctx, {"patience": TRAIN_PATIENCE, **params}).replace(keep_best=True)
+    ctx.say(f"training up to {config.epochs} epochs, early stopping after {config.patience} without gain "
+            f"({loss_name} loss)")
+    result = fit(model, ctx.data, config, out_dir=work, resume=work.exists(), info=ctx.info, loss_fn=loss)
     if loss is not None:
         loss.close()
-    return StepResult(model, details={"epochs": result.epochs_completed, "loss": loss_name})
+    stopping = result.metrics["early_stopping"]
+    if stopping["not_converged_warning"]:
+        ctx.say(f"baseline {stopping['not_converged_warning']}")
+    return StepResult(model, details={"epochs": result.epochs_completed, "loss": loss_name, "early_stopping": stopping})
 
 
 def _prune_target(ctx: RunContext, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -237,45 +259,88 @@ def _latency_fraction(ctx: RunContext) -> float:
     return fraction
 
 
-@register_step("prune", check=_check_prune)
-def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
-    from slimkit.compress.prune import PruneConfig, prune_
+def _calibration(ctx: RunContext, config):
     from slimkit.compress.prune.criteria import Calibration, criterion_needs_data
 
-    kwargs = {k: v for k, v in params.items() if k not in ("target", "int8_aware")}
-    target, derivation = _prune_target(ctx, params)
-    config = PruneConfig(target=target, latency_threads=ctx.threads, seed=ctx.seed, **kwargs)
-    calib = None
-    if criterion_needs_data(config.criterion):
-        x, y = ctx.data.train.tensors()
-        calib = Calibration([(x[i : i + 64], y[i : i + 64]) for i in range(0, min(len(y), 256), 64)])
-    ctx.say(f"pruning toward {config.target} ({config.schedule}, {config.criterion}, round to {config.round_to})")
-    ceiling = ctx.budget.fraction if derivation["from"] == "budget" and ctx.budget.kind in ("macs", "params") else None
+    if not criterion_needs_data(config.criterion):
+        return None
+    x, y = ctx.data.train.tensors()
+    return Calibration([(x[i : i + 64], y[i : i + 64]) for i in range(0, min(len(y), 256), 64)])
+
+
+def _cut(ctx: RunContext, model: nn.Module, config, calib, ceiling: float | None, derivation: dict):
+    """A pruned copy of `model` toward config.target; a macs/params `ceiling` (of this model) is re-aimed at."""
+    from slimkit.compress.prune import prune_
+
     for attempt in range(CEILING_RETRIES):
         pruned = copy.deepcopy(model)
         result = prune_(pruned, config, torch.randn(1, *ctx.input_size), calib, data=ctx.data)
         if ceiling is None or result.achieved <= ceiling or attempt == CEILING_RETRIES - 1:
-            break
+            return pruned, result, config
         # the pruner lands within its tolerance of the target, on either side: aim lower so the ceiling holds
         aim = config.parsed_target.ratio * ceiling / result.achieved * TARGET_MARGIN
         ctx.say(f"pruned to {result.achieved:.3f} of the {ctx.budget.kind}, above the budget {ceiling:g}: retrying at {aim:.3f}")
         derivation.setdefault("retries", []).append({"target": config.target, "achieved": result.achieved})
         config = dataclasses.replace(config, target=f"{ctx.budget.kind}={aim:g}")
-    return StepResult(pruned, details={"prune": result.to_dict(), "config": config.to_dict(), "target_from": derivation})
+    raise AssertionError("unreachable")
+
+
+@register_step("prune", check=_check_prune)
+def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
+    """Cut toward the budget: in stages with a fine-tune after each when the recipe fine-tunes, else in one go."""
+    from slimkit.compress.gradual import MAX_STAGE_CUT, cut_gradually, stage_count
+    from slimkit.compress.prune import PruneConfig
+    from slimkit.compress.recover import recover_
+
+    target, derivation = _prune_target(ctx, params)
+    config = PruneConfig(target=target, latency_threads=ctx.threads, seed=ctx.seed,
+                         **{k: v for k, v in params.items() if k not in _NOT_PRUNE_CONFIG})
+    calib = _calibration(ctx, config)
+    ceiling = ctx.budget.fraction if derivation["from"] == "budget" and ctx.budget.kind in ("macs", "params") else None
+    gradual = ctx.finetune_params is not None and config.schedule == "oneshot" and not config.epochs
+    if not gradual:  # no fine-tune in the recipe, or a schedule of the pruner's own: one cut, as configured
+        ctx.say(f"pruning toward {config.target} ({config.schedule}, {config.criterion}, round to {config.round_to})")
+        pruned, result, config = _cut(ctx, model, config, calib, ceiling, derivation)
+        return StepResult(pruned, details={"prune": result.to_dict(), "config": config.to_dict(), "target_from": derivation})
+    kind, fraction = config.parsed_target.kind, config.parsed_target.ratio
+    stages = stage_count(fraction, float(params.get("max_stage_cut", MAX_STAGE_CUT)))
+    ctx.say(f"pruning toward {config.target} in {stages} stage(s), fine-tuning after each ({config.criterion}, "
+            f"round to {config.round_to})")
+
+    def cut(start: nn.Module, relative: float, so_far: float, last: bool):
+        stage = dataclasses.replace(config, target=f"{kind}={relative:.6f}")
+        pruned, result, _ = _cut(ctx, start, stage, calib, ceiling / so_far if ceiling and last else None, derivation)
+        return pruned, result
+
+    kept, details, cuts = cut_gradually(ctx, model, fraction, stages, cut,
+                                        lambda m: recover_(ctx, m, ctx.finetune_params))
+    return StepResult(kept, extra_models=cuts, details={**details, "config": config.to_dict(), "target_from": derivation,
+                                                        "gradual": True})
 
 
 @register_step("finetune", check=_check_finetune)
 def finetune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
-    from slimkit.compress.distill.self_distill import SelfDistill
-    from slimkit.engine import fit
+    """Top up the recovery until the accuracy is back: skipped when it already is, or when the last one plateaued."""
+    from slimkit.compress.recover import recover_, val_top1
 
-    distill = bool(params.get("distill", True)) and ctx.original is not None
-    loss = SelfDistill(ctx.original, temperature=params.get("temperature", 4.0), alpha=params.get("alpha", 0.5)) if distill else None
-    ctx.say(f"fine-tuning {params.get('epochs', 'default')} epochs" + (" with distillation from the original" if distill else ""))
-    train_params = {k: v for k, v in params.items() if k in _TRAIN_KEYS}
-    result = fit(model, ctx.data, _train_config(ctx, train_params), out_dir=work, resume=work.exists(),
-                 loss_fn=loss, info=ctx.info)
-    return StepResult(model, details={"epochs": result.epochs_completed, "distill": distill})
+    target = ctx.limit.finetune_target(ctx.baseline_top1()) if ctx.limit is not None else None
+    current = val_top1(ctx, model)
+    prune = _last_step(ctx, "prune")
+    cuts = [c for c in (prune[1].get("details", {}).get("cuts") or []) if c.get("kept")] if prune else []
+    last = cuts[-1]["recovery"] if cuts else None
+    if target is not None and current >= target:
+        skipped = f"top-1 {current:.2f} is already within the limit (target {target:.2f})"
+    elif last is not None and last.get("stopped") == "patience":
+        skipped = f"the fine-tune after the last cut had plateaued at {last['accuracy']:.2f}"
+    else:
+        skipped = None
+    if skipped:
+        ctx.say(f"fine-tuning skipped: {skipped}")
+        return StepResult(model, details={"skipped": skipped, "accuracy": current, "target": target})
+    ctx.say(f"fine-tuning up to {params.get('epochs', 'the default')} epochs toward top-1 "
+            f"{'%.2f' % target if target is not None else '(plateau)'}")
+    record = recover_(ctx, model, params, work)
+    return StepResult(model, details=record)
 
 
 def _quant_data(ctx: RunContext, calib_samples: int):
@@ -291,6 +356,11 @@ def quantize_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], wor
     """Static int8 (kind ptq, the default), quantization-aware training (qat) or weight codebooks (codebook)."""
     from slimkit.compress.quantize.api import quantize
     kind = str(params.get("kind", "ptq"))
+    if kind == "ptq" and ctx.limit is not None and ctx.limit.max_drop is not None:
+        from slimkit.compress.recover import val_top1
+
+        allowance = ctx.limit.int8_allowance(ctx.baseline_top1(), val_top1(ctx, model), params.get("max_drop"))
+        params = {**params, "max_drop": round(allowance, 4)}
     config = _quantize_config(params)
     data = ctx.data
     if kind == "ptq":
@@ -315,17 +385,25 @@ def export_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work:
     return StepResult(model, onnx_path=work / "model.onnx", details={"export": report.to_dict()})
 
 
-def _last_quantize(ctx: RunContext) -> tuple[Path, dict] | None:
-    """The int8 QDQ ONNX and params of the run's latest completed quantize step, if any."""
+def _last_step(ctx: RunContext, step_type: str) -> tuple[Path, dict] | None:
+    """The directory and step.json of the run's latest completed step of `step_type`, if any."""
     import json
 
     found = None
     for step_dir in sorted((ctx.out_dir / "steps").glob("*")):
         meta_file = step_dir / "step.json"
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        if meta.get("type") == "quantize" and meta.get("onnx"):
-            found = (step_dir / meta["onnx"], meta.get("params", {}))
+        if meta.get("type") == step_type:
+            found = (step_dir, meta)
     return found
+
+
+def _last_quantize(ctx: RunContext) -> tuple[Path, dict] | None:
+    """The int8 QDQ ONNX and params of the run's latest completed quantize step, if any."""
+    found = _last_step(ctx, "quantize")
+    if found is None or not found[1].get("onnx"):
+        return None
+    return found[0] / found[1]["onnx"], found[1].get("params", {})
 
 
 @register_step("deploy", check=_check_deploy)
