@@ -97,7 +97,7 @@ def test_fit_stops_on_patience_and_restores_the_best_epoch(monkeypatch):
 def test_fit_at_the_cap_on_a_rising_curve_warns(monkeypatch, caplog):
     _inject(monkeypatch, [0.650, 0.696, 0.752])
     model, data = _tiny()
-    with caplog.at_level(logging.WARNING, logger="slimkit.engine.fit"):
+    with caplog.at_level(logging.INFO, logger="slimkit.engine.fit"):
         result = fit(model, data, TrainConfig(epochs=3, batch_size=16, patience=2, keep_best=True), progress=False)
     es = result.metrics["early_stopping"]
     assert es["stopped"] == "cap" and es["converged"] is False and es["restored_best"] is False

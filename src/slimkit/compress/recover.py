@@ -37,9 +37,12 @@ def recover_(ctx: Any, model: nn.Module, params: dict[str, Any], work: Path | No
     loss = SelfDistill(ctx.original, temperature=params.get("temperature", 4.0),
                        alpha=params.get("alpha", 0.5)) if distill else None
     target = ctx.limit.finetune_target(ctx.baseline_top1()) if ctx.limit is not None else None
-    config = _train_config(ctx, {k: v for k, v in params.items() if k in _TRAIN_KEYS}).replace(
-        patience=int(params.get("patience", DEFAULT_PATIENCE)), min_delta=params.get("min_delta"), keep_best=True,
-        target_accuracy=None if target is None else min(1.0, max(1e-6, target / 100.0)))
+    # patience: null in a recipe asks for fixed epochs (no early stopping, no target): the pipeline of old
+    fixed = "patience" in params and params["patience"] is None
+    config = _train_config(ctx, {"patience": DEFAULT_PATIENCE, **{k: v for k, v in params.items() if k in _TRAIN_KEYS}})
+    if not fixed:
+        config = config.replace(keep_best=True, target_accuracy=None if target is None else
+                                min(1.0, max(1e-6, target / 100.0)))
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
     result = fit(model, ctx.data, config, out_dir=work, resume=work is not None and (work / "checkpoint.safetensors").is_file(),

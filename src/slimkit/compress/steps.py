@@ -88,8 +88,9 @@ _TRAIN_KEYS = {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "warmu
                "patience", "min_delta"}
 _FINETUNE_KEYS = _TRAIN_KEYS | {"distill", "temperature", "alpha"}
 _PRUNE_KEYS = {"target", "criterion", "allocation", "round_to", "unstructured", "tolerance", "int8_aware",
-               "schedule", "steps", "epochs", "lr", "batch_size", "kd", "max_stage_cut"}
-_NOT_PRUNE_CONFIG = ("target", "int8_aware", "max_stage_cut")  # prune-step params that PruneConfig does not take
+               "schedule", "steps", "epochs", "lr", "batch_size", "kd", "max_stage_cut", "gradual"}
+_NOT_PRUNE_CONFIG = ("target", "int8_aware", "max_stage_cut", "gradual")  # prune-step params that PruneConfig does not take
+SKIP_CUT = 0.97  # a stage asked to keep more than this of its input is skipped: the model is already there
 TRAIN_PATIENCE = 3  # the baseline trains until val top-1 has not improved for this many epochs (or the cap)
 
 
@@ -112,6 +113,8 @@ def _check_prune(params: dict[str, Any]) -> None:
     from slimkit.compress.prune import PruneConfig
 
     _check_params(params, _PRUNE_KEYS)
+    if not isinstance(params.get("gradual", True), bool):
+        raise BadInputError(f"gradual must be true or false, got {params['gradual']!r}")
     cut = params.get("max_stage_cut", 0.5)
     if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0 < cut < 1:
         raise BadInputError(f"max_stage_cut must be a fraction in (0, 1), got {cut!r}")
@@ -173,14 +176,16 @@ def train_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
     loss_name = params.get("loss", "ce")
     example = ctx.data.train.transform(ctx.data.train.images[:2])
     loss = make_loss(loss_name, model, example, **({"layer": params["loss_layer"]} if params.get("loss_layer") else {}))
-    config = _train_config(ctx, {"patience": TRAIN_PATIENCE, **params}).replace(keep_best=True)
-    ctx.say(f"training up to {config.epochs} epochs, early stopping after {config.patience} without gain "
-            f"({loss_name} loss)")
+    config = _train_config(ctx, {"patience": TRAIN_PATIENCE, **params})
+    config = config.replace(keep_best=config.patience is not None)  # patience: null = fixed epochs, as before
+    ctx.say(f"training up to {config.epochs} epochs" + (f", early stopping after {config.patience} without gain"
+                                                         if config.patience else "") + f" ({loss_name} loss)")
     result = fit(model, ctx.data, config, out_dir=work, resume=work.exists(), info=ctx.info, loss_fn=loss)
     if loss is not None:
         loss.close()
     stopping = result.metrics["early_stopping"]
     if stopping["not_converged_warning"]:
+        stopping["not_converged_warning"] += "; raise train.epochs for a fair baseline"
         ctx.say(f"baseline {stopping['not_converged_warning']}")
     return StepResult(model, details={"epochs": result.epochs_completed, "loss": loss_name, "early_stopping": stopping})
 
@@ -285,6 +290,20 @@ def _cut(ctx: RunContext, model: nn.Module, config, calib, ceiling: float | None
     raise AssertionError("unreachable")
 
 
+def _fraction_of(ctx: RunContext, model: nn.Module, reference: nn.Module, kind: str) -> float:
+    """`model`'s MACs, params or measured ONNX Runtime latency as a fraction of `reference`'s."""
+    from slimkit.compress.gradual import latency_ratio
+    from slimkit.compress.prune.measure import count_macs, count_params
+
+    if model is reference:
+        return 1.0
+    if kind == "latency":
+        return latency_ratio(ctx, model, reference)
+    x = torch.randn(1, *ctx.input_size)
+    count = (lambda m: count_macs(m, x)) if kind == "macs" else count_params
+    return count(model) / count(reference)
+
+
 @register_step("prune", check=_check_prune)
 def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
     """Cut toward the budget: in stages with a fine-tune after each when the recipe fine-tunes, else in one go."""
@@ -297,7 +316,8 @@ def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
                          **{k: v for k, v in params.items() if k not in _NOT_PRUNE_CONFIG})
     calib = _calibration(ctx, config)
     ceiling = ctx.budget.fraction if derivation["from"] == "budget" and ctx.budget.kind in ("macs", "params") else None
-    gradual = ctx.finetune_params is not None and config.schedule == "oneshot" and not config.epochs
+    gradual = (bool(params.get("gradual", True)) and ctx.finetune_params is not None and config.schedule == "oneshot"
+               and not config.epochs)
     if not gradual:  # no fine-tune in the recipe, or a schedule of the pruner's own: one cut, as configured
         ctx.say(f"pruning toward {config.target} ({config.schedule}, {config.criterion}, round to {config.round_to})")
         pruned, result, config = _cut(ctx, model, config, calib, ceiling, derivation)
@@ -307,9 +327,13 @@ def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
     ctx.say(f"pruning toward {config.target} in {stages} stage(s), fine-tuning after each ({config.criterion}, "
             f"round to {config.round_to})")
 
-    def cut(start: nn.Module, relative: float, so_far: float, last: bool):
-        stage = dataclasses.replace(config, target=f"{kind}={relative:.6f}")
-        pruned, result, _ = _cut(ctx, start, stage, calib, ceiling / so_far if ceiling and last else None, derivation)
+    def cut(start: nn.Module, goal: float, last: bool):
+        now = kind if last or kind != "latency" else "macs"  # MACs waypoints before a latency budget's last cut
+        current = _fraction_of(ctx, start, model, now)
+        if goal / current > SKIP_CUT:
+            return None
+        stage = dataclasses.replace(config, target=f"{now}={goal / current:.6f}")
+        pruned, result, _ = _cut(ctx, start, stage, calib, ceiling / current if ceiling and last else None, derivation)
         return pruned, result
 
     kept, details, cuts = cut_gradually(ctx, model, fraction, stages, cut,

@@ -35,7 +35,7 @@ class StopVerdict:
         if self.converged is not False:
             return None
         return (f"not converged: the {cap}-epoch cap stopped training while val top-1 was still rising "
-                f"(best {100 * self.best_accuracy:.2f}% at the last epoch); raise the epoch cap for a fair baseline")
+                f"(best {100 * self.best_accuracy:.2f}% at the last epoch)")
 
 
 @dataclass

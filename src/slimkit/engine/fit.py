@@ -274,7 +274,7 @@ class _Run:
             self.last_eval = dict(self.best_eval)
         line = verdict.warning(self.config.epochs)
         if line and self.ctx.is_main:
-            log.warning(line)
+            log.info(line)  # callers say it once, in their own terms (slimkit train, the compress report)
         return {**verdict.to_dict(), "restored_best": restored, "not_converged_warning": line}
 
     def _checkpoint(self, record: dict[str, Any]) -> None:
