@@ -17,10 +17,10 @@ class _Residual(nn.Module):
 
 
 def resnet_small(num_classes: int = 10, in_chans: int = 1) -> nn.Module:
-    """Stem + 3 residual stages (24, 48, 96 channels), BatchNorm, global pooling."""
-    return nn.Sequential(nn.Conv2d(in_chans, 24, 3, 1, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
-                         _Residual(24, 24, 1), _Residual(24, 48, 2), _Residual(48, 96, 2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, num_classes))
+    """Stem + 3 residual stages (16, 32, 64 channels; the first at stride 2), BatchNorm, global pooling."""
+    return nn.Sequential(nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         _Residual(16, 16, 2), _Residual(16, 32, 2), _Residual(32, 64, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
 
 
 resnet_small.input_size = (1, 28, 28)
@@ -43,10 +43,10 @@ class _Inverted(nn.Module):
 
 
 def mbv2_small(num_classes: int = 10, in_chans: int = 1) -> nn.Module:
-    """A MobileNetV2-style net: stem, 6 inverted residual blocks (16 -> 96 channels), 1x1 head of 256."""
+    """A MobileNetV2-style net: stem, stride-2 stem, 6 inverted residual blocks (16 -> 96 channels), 1x1 head of 256."""
     blocks = [_Inverted(16, 24, 2), _Inverted(24, 24, 1), _Inverted(24, 48, 2), _Inverted(48, 48, 1),
               _Inverted(48, 96, 1), _Inverted(96, 96, 1)]
-    return nn.Sequential(nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(), *blocks,
+    return nn.Sequential(nn.Conv2d(in_chans, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(), *blocks,
                          nn.Conv2d(96, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU6(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, num_classes))
 

@@ -21,8 +21,9 @@ RECIPE_VERSION = 1
 StepType = str  # a name in STEPS
 _BUILTIN_STEPS = "slimkit.compress.steps"
 # The step registry: a recipe may name any registered step. The built-ins load with their (torch-heavy) module.
-STEPS: Registry = Registry("compress step", modules={name: _BUILTIN_STEPS for name in
-                                                      ("train", "prune", "finetune", "quantize", "export", "deploy")})
+STEPS: Registry = Registry("compress step", modules={
+    **{name: _BUILTIN_STEPS for name in ("train", "quantize", "export", "deploy")},
+    **{name: "slimkit.compress.cut_steps" for name in ("prune", "finetune")}})
 
 
 def register_step(name: str, *, check: Callable[[dict[str, Any]], Any] | None = None) -> Callable:
