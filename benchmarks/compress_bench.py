@@ -7,7 +7,8 @@ max_drop target after each, one 1-point limit for the whole run) and `fixed` (th
 4 fixed training epochs, one cut, 3 fixed fine-tune epochs, int8 with its own 1-point limit). Epoch caps
 are smaller than the recipe's so the whole benchmark fits a shared 2-core machine. The 0.5 run resumes
 the 0.3 run's directory with a new budget, so it reuses the trained baseline (its wall time excludes
-training). Every figure comes from the run's report.json (ONNX Runtime, 1 thread, interleaved timing).
+training). Every figure comes from the run's report.json (ONNX Runtime, 1 thread, interleaved timing); training
+runs with one torch thread (OMP_NUM_THREADS=1).
 
     python benchmarks/compress_bench.py [--out runs/compress_bench] [--minutes 25]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -85,7 +87,9 @@ def compress(model: str, data: list[str], pipeline: str, budget: float, out: Pat
     cmd = [sys.executable, "-m", "slimkit.cli.main", "compress", spec, "--recipe", str(recipe), *data,
            "--budget", f"latency={budget}", "--out", str(out), *resume]
     start = time.perf_counter()
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    # One torch thread: on a shared 2-core machine, two threads measured 8x slower per training step (contention).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if res.returncode != 0:
         lines = (res.stderr or res.stdout).strip().splitlines()
