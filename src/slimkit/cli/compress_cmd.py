@@ -32,6 +32,9 @@ def compress_command(
     priority: Optional[str] = typer.Option(None, "--priority",
                                            help="When the budget can't be met within --max-drop: budget (meet it, "
                                                 "report the drop) or accuracy (stay within, report the latency reached)"),
+    target_cpu: Optional[str] = typer.Option(None, "--target-cpu", help="CPU the int8 model ships to: auto | x86-vnni | "
+                                             "x86-avx2 (7-bit weights: no int16 saturation) | arm64 (default: the "
+                                             "recipe's, else auto = this machine)"),
 ) -> None:
     """Compress MODEL toward a budget with a recipe; writes a deployable model and an honest report."""
     from slimkit.compress.budget import parse_budget
@@ -41,6 +44,8 @@ def compress_command(
 
     size = parse_input_size(input_size)
     chosen = load_recipe(recipe).override(list(override)).with_limit(max_drop, priority)
+    if target_cpu is not None:
+        chosen = chosen.with_target_cpu(target_cpu)
     if budget is not None:
         parse_budget(budget)
     con = console()
@@ -55,7 +60,8 @@ def compress_command(
     save_resolved_args(out, "compress", {"model": model, "recipe": chosen.model_dump(), "data": data,
                                          "max_drop": chosen.max_drop, "priority": chosen.priority,
                                          "budget": report["budget"], "input_size": size, "train_samples": train_samples,
-                                         "val_samples": val_samples, "threads": threads, "seed": seed})
+                                         "val_samples": val_samples, "threads": threads, "seed": seed,
+                                         "target_cpu": target_cpu})
     _print_summary(report, out)
 
 
