@@ -80,6 +80,9 @@ def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
         pruned, result, config = _cut(ctx, model, config, calib, ceiling, derivation)
         return StepResult(pruned, details={"prune": result.to_dict(), "config": config.to_dict(), "target_from": derivation})
     kind, fraction = config.parsed_target.kind, config.parsed_target.ratio
+    if kind != "latency":
+        # Counted targets are cheap to try whole: an out-of-reach budget fails now, not after stages of fine-tuning.
+        _cut(ctx, model, config, calib, None, {})
     stages = stage_count(fraction, float(params.get("max_stage_cut", MAX_STAGE_CUT)))
     ctx.say(f"pruning toward {config.target} in {stages} stage(s), fine-tuning after each ({config.criterion}, "
             f"round to {config.round_to})")
