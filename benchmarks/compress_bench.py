@@ -60,6 +60,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--train-samples", type=int, default=1000)
     p.add_argument("--val-samples", type=int, default=300)
     p.add_argument("--minutes", type=float, default=25.0, help="start no new run after this many minutes")
+    p.add_argument("--only", default=None, help="run only MODEL/PIPELINE/BUDGET entries matching this prefix")
     return p.parse_args()
 
 
@@ -145,6 +146,8 @@ def main() -> None:
     for budget in BUDGETS:
         for model, source in MODELS.items():
             for pipeline in PIPELINES:
+                if args.only and not f"{model}/{pipeline}/{budget}".startswith(args.only):
+                    continue
                 if time.perf_counter() - start > args.minutes * 60:
                     skipped.append(f"{model}/{pipeline}/latency={budget}")
                     continue
