@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from slimkit.cli.common import INPUT_SIZE_OPT, MODEL_HELP, console
+from slimkit.cli.common import DATA_OPT, INPUT_SIZE_OPT, MODEL_HELP, VAL_SAMPLES_OPT, console
 
 __all__ = ["register", "deploy_app"]
 
@@ -70,3 +70,51 @@ def _print_patch(r: dict, out: Path) -> None:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("cascade")
+def cascade(
+    small: str = typer.Argument(..., help="The small model: " + MODEL_HELP),
+    big: str = typer.Argument(..., help="The big model (same classes)"),
+    out: Path = typer.Option(..., "--out", "-o", help="Cascade directory: small.onnx, big.onnx, policy.json, report"),
+    data: str = DATA_OPT,
+    max_drop: float = typer.Option(0.5, "--max-drop", help="Allowed top-1 drop below BIG, in points"),
+    kind: str = typer.Option("max_softmax", "--confidence", help="max_softmax or margin"),
+    val_samples: Optional[int] = VAL_SAMPLES_OPT,
+    threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads for every timing"),
+    repetitions: int = typer.Option(100, "--repetitions", min=5, help="Timed calls per model (interleaved)"),
+    timed_images: int = typer.Option(300, "--timed-images", min=1, help="Images timed through the cascade"),
+    input_size: Optional[str] = INPUT_SIZE_OPT,
+) -> None:
+    """Small model first, big model for the unsure inputs: threshold chosen for the lowest measured latency."""
+    from slimkit.data import load_data
+    from slimkit.deploy.edge.cascade import CONFIDENCE_KINDS
+    from slimkit.deploy.edge.cascade_build import build_cascade
+    from slimkit.deploy.edge.cascade_report import write_cascade_report
+    from slimkit.errors import BadInputError
+    from slimkit.models import load_model
+    from slimkit.utils.io import atomic_dir, save_resolved_args
+    from slimkit.utils.parse import parse_input_size
+
+    if kind not in CONFIDENCE_KINDS:
+        raise BadInputError(f"--confidence {kind!r}: choose one of {', '.join(CONFIDENCE_KINDS)}")
+    s_net, s_info = load_model(small)
+    b_net, _ = load_model(big)
+    size = parse_input_size(input_size) or tuple(s_info.input_size)
+    bundle = load_data(data, input_size=size, val_samples=val_samples)
+    x, y = (t.numpy() for t in bundle.val.tensors())
+    with atomic_dir(out) as tmp:
+        report = build_cascade(s_net.eval(), b_net.eval(), size, x.astype("float32"), y, bundle.num_classes, tmp,
+                               kind=kind, max_drop=max_drop, threads=threads, repetitions=repetitions,
+                               timed_images=timed_images)
+        write_cascade_report(report, tmp, small, big, data)
+        save_resolved_args(tmp, "deploy cascade", {"small": small, "big": big, "data": data, "max_drop": max_drop,
+                                                   "confidence": kind, "threads": threads, "input_size": list(size)})
+    c, m = report["choice"], report["measured"]
+    console().print(
+        f"threshold {report['policy']['threshold']} ({kind}): top-1 {c['accuracy']:.2f}% (BIG {c['big_accuracy']:.2f}%, "
+        f"SMALL {c['small_accuracy']:.2f}%), {100 * c['fraction_sent']:.1f}% sent on\n"
+        f"measured per image ({m['cascade_ms']['n']} images, ONNX Runtime, {threads} thread(s)): cascade mean "
+        f"{m['cascade_ms']['mean']:.3f} ms, p90 {m['cascade_ms']['p90']:.3f} ms; BIG alone mean "
+        f"{m['big_alone_ms']['mean']:.3f} ms ({m['big_alone_ms']['mean'] / m['cascade_ms']['mean']:.2f}x)\n"
+        f"cascade: {out}", highlight=False, soft_wrap=True)
