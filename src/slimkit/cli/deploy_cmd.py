@@ -58,7 +58,8 @@ def _print_patch(r: dict, out: Path) -> None:
                    if alloc["after"]["fp32"] and alloc["before"]["fp32"] else "n/a")
     console().print(
         f"patched up to {r['cut']} ({'x'.join(map(str, r['cut_shape']))}) as {r['grid'][0]}x{r['grid'][1]} patches, "
-        f"input {'x'.join(map(str, r['input_size']))}; max |whole - patched| = {r['max_abs_diff']:.2e}\n"
+        f"input {'x'.join(map(str, r['input_size']))}; max |whole - patched| = {r['max_abs_diff']:.2e} "
+        f"(outputs up to {r['output_max_abs']:.2e})\n"
         f"arena (int8): {a['before']['int8'] / 1024:.1f} KB -> {a['after']['int8'] / 1024:.1f} KB "
         f"({a['before']['int8'] / a['after']['int8']:.2f}x); fp32 {a['before']['fp32'] / 1024:.1f} KB -> "
         f"{a['after']['fp32'] / 1024:.1f} KB\n"

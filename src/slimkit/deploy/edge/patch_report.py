@@ -30,14 +30,15 @@ def measure_patch(model: nn.Module, patched: nn.Module, traced: Traced, chosen: 
 
     x = torch.randn(1, *traced.input_size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        diff = (model(x) - patched(x)).abs().max().item()
+        whole = model(x)
+        diff = (whole - patched(x)).abs().max().item()
     before, after = count_macs(model, x), count_macs(patched, x)
     plan_before, plan_after = whole_plan(traced), patched_plan(traced, chosen.plan)
     return {
         "input_size": list(traced.input_size), "cut": chosen.plan.cut.label, "cut_node": chosen.plan.cut.node,
         "grid": list(chosen.plan.grid), "cut_shape": list(traced.shapes[chosen.plan.cut.node][1:]),
         "tiles": [list(r) for r in chosen.plan.tiles],
-        "max_abs_diff": diff,
+        "max_abs_diff": diff, "output_max_abs": whole.abs().max().item(),
         "arena_bytes": {"before": {"int8": plan_before.arena_elements, "fp32": 4 * plan_before.arena_elements},
                         "after": {"int8": plan_after.arena_elements, "fp32": 4 * plan_after.arena_elements}},
         "lifetime_estimate_bytes": {"before": _both(before.peak_activation_bytes),
@@ -92,7 +93,7 @@ def render_patch_html(r: dict, model_name: str) -> str:
         f"<h1>slimkit deploy patch: {html.escape(model_name)}</h1>",
         f"<p>input {'x'.join(map(str, r['input_size']))}, head up to <b>{html.escape(r['cut'])}</b> "
         f"(map {'x'.join(map(str, r['cut_shape']))}) run as {r['grid'][0]}x{r['grid'][1]} patches; "
-        f"max |whole - patched| = {r['max_abs_diff']:.2e}</p>",
+        f"max |whole - patched| = {r['max_abs_diff']:.2e} (outputs up to {r['output_max_abs']:.2e})</p>",
         _table(["peak activation memory (KB)", "int8 before", "int8 after", "fp32 before", "fp32 after", "cut"],
                _rows(r)),
         f"<p>MACs {m['before'] / 1e6:.2f} M whole, {m['after'] / 1e6:.2f} M patched: halo overhead "
