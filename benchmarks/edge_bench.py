@@ -64,12 +64,12 @@ def patch_figure(rows: list[dict]) -> None:
 
 
 CASCADE_STEPS = [  # (output folder, slimkit arguments); each step is skipped when its folder exists
-    ("parent", ["train", "benchmarks/edge_models.py:parent", "--data", "fashion-mnist", "--epochs", "3",
-                "--train-samples", "20000", "--val-samples", "2000"]),
-    ("child", ["prune", "{work}/parent", "--target", "macs=0.1", "--data", "fashion-mnist", "--epochs", "2", "--kd",
-               "--train-samples", "20000", "--val-samples", "2000", "--no-latency"]),
+    ("parent", ["train", "benchmarks/edge_models.py:parent", "--data", "fashion-mnist", "--epochs", "2",
+                "--train-samples", "12000", "--val-samples", "2000"]),
+    ("child", ["prune", "{work}/parent", "--target", "macs=0.1", "--data", "fashion-mnist", "--epochs", "1", "--kd",
+               "--train-samples", "12000", "--val-samples", "2000", "--no-latency", "--trust-code"]),
     ("cascade", ["deploy", "cascade", "{work}/child", "{work}/parent", "--data", "fashion-mnist", "--val-samples",
-                 "2000", "--max-drop", "0.5", "--threads", "1", "--timed-images", "500"]),
+                 "2000", "--max-drop", "0.5", "--threads", "1", "--timed-images", "500", "--trust-code"]),
 ]
 
 

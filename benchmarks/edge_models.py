@@ -8,9 +8,9 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
 
 
 def parent(num_classes: int = 10) -> nn.Module:
-    return nn.Sequential(*_block(1, 48), *_block(48, 48), nn.MaxPool2d(2), *_block(48, 96), *_block(96, 96),
-                         nn.MaxPool2d(2), *_block(96, 192), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(192, num_classes))
+    return nn.Sequential(*_block(1, 24), *_block(24, 24), nn.MaxPool2d(2), *_block(24, 48), *_block(48, 48),
+                         nn.MaxPool2d(2), *_block(48, 96), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(96, num_classes))
 
 
 parent.input_size = (1, 28, 28)

@@ -27,6 +27,7 @@ def patch(
     bytes_per_element: int = typer.Option(1, "--bytes-per-element", min=1, max=4,
                                           help="Activation storage for --peak-memory: 1 (int8) or 4 (fp32)"),
     input_size: Optional[str] = INPUT_SIZE_OPT,
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code to import it"),
 ) -> None:
     """Run the first stages patch by patch (MCUNetV2) and report the peak-memory cut and MAC overhead."""
     from slimkit.deploy.edge.patch import PatchConfig, parse_bytes, parse_grid, patch_model
@@ -37,7 +38,7 @@ def patch(
 
     target = parse_bytes(peak_memory) if peak_memory else None
     grid = parse_grid(patches) if patches else (None if target is not None and until is None else (4, 4))
-    net, info = load_model(model)
+    net, info = load_model(model, trust_code=trust_code)
     net.eval()
     size = parse_input_size(input_size) or tuple(info.input_size)
     cfg = PatchConfig(grid=grid, until=until, peak_memory_bytes=target, bytes_per_element=bytes_per_element)
@@ -86,6 +87,7 @@ def cascade(
     repetitions: int = typer.Option(100, "--repetitions", min=5, help="Timed calls per model (interleaved)"),
     timed_images: int = typer.Option(300, "--timed-images", min=1, help="Images timed through the cascade"),
     input_size: Optional[str] = INPUT_SIZE_OPT,
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code to import it"),
 ) -> None:
     """Small model first, big model for the unsure inputs: threshold chosen for the lowest measured latency."""
     from slimkit.data import load_data
@@ -99,8 +101,8 @@ def cascade(
 
     if kind not in CONFIDENCE_KINDS:
         raise BadInputError(f"--confidence {kind!r}: choose one of {', '.join(CONFIDENCE_KINDS)}")
-    s_net, s_info = load_model(small)
-    b_net, _ = load_model(big)
+    s_net, s_info = load_model(small, trust_code=trust_code)
+    b_net, _ = load_model(big, trust_code=trust_code)
     size = parse_input_size(input_size) or tuple(s_info.input_size)
     bundle = load_data(data, input_size=size, val_samples=val_samples)
     x, y = (t.numpy() for t in bundle.val.tensors())
