@@ -137,3 +137,18 @@ def test_cli_patch_and_bad_input(tmp_path, monkeypatch, capsys):
                                "--out", tmp_path / "bad")
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "bad").exists()
+
+
+def test_timm_functional_batchnorm_and_shape_checks():
+    """timm's BatchNormAct2d traces to get_attr constants, `_assert(x.ndim == 4)` and F.batch_norm."""
+    timm = pytest.importorskip("timm")
+    net = timm.create_model("mnasnet_small", num_classes=5).eval()
+    size = (3, 48, 48)
+    traced = trace_model(net, size)
+    assert traced.kinds[next(n.name for n in traced.nodes if n.op == "get_attr")][0] == "const"
+    x = torch.randn(1, *size)
+    with torch.no_grad():
+        whole = net(x)
+        for cut in traced.cuts[-2:]:
+            patched, _, _ = patch_model(net, size, PatchConfig(grid=(2, 2), until=cut.node))
+            assert torch.allclose(patched(x), whole, rtol=1e-4, atol=1e-5), cut.label

@@ -84,11 +84,13 @@ def _find_cuts(t: Traced) -> list[Cut]:
     last_use = {n.name: max((index[u.name] for u in n.users), default=i) for i, n in enumerate(t.nodes)}
     ends, cuts = _module_ends(t.nodes), []
     for i, node in enumerate(t.nodes):
-        if node.op == "placeholder":
+        kind = t.kinds[node.name][0]
+        if node.op == "placeholder" or kind in ("const", "check"):
             continue
-        if t.kinds[node.name][0] == "unsupported" or len(t.shapes.get(node.name, ())) != 4:
+        if kind == "unsupported" or len(t.shapes.get(node.name, ())) != 4:
             break
-        live = [n for n in t.nodes[: i + 1] if last_use[n.name] > i]
+        # constants are re-read by the tail, so they do not count as tensors crossing the cut
+        live = [n for n in t.nodes[: i + 1] if last_use[n.name] > i and t.kinds[n.name][0] != "const"]
         if [n.name for n in live] == [node.name]:
             cuts.append(Cut(i, node.name, ends.get(i, []) + [node.name]))
     return cuts
@@ -120,6 +122,10 @@ def tail_module(t: Traced, cut: Cut) -> fx.GraphModule:
     env: dict[fx.Node, fx.Node] = {}
     x = graph.placeholder("x")
     env[t.nodes[cut.index]] = x
+    head = list(t.gm.graph.nodes)[: cut.index + 1]
+    for node in head:  # constants the tail reads too
+        if node.op == "get_attr":
+            env[node] = graph.node_copy(node)
     for node in list(t.gm.graph.nodes)[cut.index + 1:]:
         if node.op == "placeholder":
             continue

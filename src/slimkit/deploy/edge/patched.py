@@ -42,6 +42,7 @@ class PatchedModel(nn.Module):
         self._fill = {name: w.fill for name, (kind, w) in traced.kinds.items() if kind == "window"}
         self._last_reader = [self._last_readers(steps) for steps in plan.patches]
         self._input_name = traced.nodes[0].name
+        self._consts = {n.name: n.target for n in traced.nodes if n.op == "get_attr"}
 
     @staticmethod
     def _last_readers(steps: list[Step]) -> dict[int, list[str]]:
@@ -60,8 +61,8 @@ class PatchedModel(nn.Module):
         if step.node in self._windowed:
             (x,) = crops.values()
             return run_windowed(self._windowed[step.node], x, step.pads, self._fill[step.node])
-        args = fx.node.map_arg(node.args, lambda a: crops.get(a.name, env.get(a.name, (None,))[0]))
-        kwargs = fx.node.map_arg(node.kwargs, lambda a: crops.get(a.name, env.get(a.name, (None,))[0]))
+        args = fx.node.map_arg(node.args, lambda a: self._value(a.name, crops))
+        kwargs = fx.node.map_arg(node.kwargs, lambda a: self._value(a.name, crops))
         if node.op == "call_module":
             module = self.gm.get_submodule(node.target)
             partial = any(want != env[src][1] for src, want in step.crops.items())
@@ -72,6 +73,17 @@ class PatchedModel(nn.Module):
         if node.op == "call_method":
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         return node.target(*args, **kwargs)
+
+    def _value(self, name: str, crops: dict[str, torch.Tensor]):
+        if name in crops:
+            return crops[name]
+        if name in self._consts:  # a weight or buffer read by functional code
+            return self._const(self._consts[name])
+        raise BadInputError(f"patched op reads {name}, which is not a cropped map or a constant")
+
+    def _const(self, target: str) -> torch.Tensor:
+        module, _, attr = target.rpartition(".")
+        return getattr(self.gm.get_submodule(module) if module else self.gm, attr)
 
     def _run_patch(self, x: torch.Tensor, k: int, out: torch.Tensor) -> None:
         steps, tile = self.plan.patches[k], self.plan.tiles[k]

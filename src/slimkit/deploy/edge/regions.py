@@ -70,8 +70,31 @@ def _pool_window(m: nn.Module) -> Window | None:
     return None
 
 
+def _meta_kind(node) -> str | None:
+    """'const' for weights and buffers read by functional code, 'check' for shape-free assertions (timm's
+    `_assert(x.ndim == 4)`); both carry no spatial data."""
+    if node.op == "get_attr":
+        return "const"
+    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("ndim",):
+        return "check"
+    if node.op == "call_function" and node.target in (operator.eq, torch._assert):
+        return "check"
+    return None
+
+
+def _functional_batch_norm(node) -> bool:
+    # F.batch_norm(input, running_mean, running_var, weight, bias, training, ...), as timm's BatchNormAct2d traces
+    training = node.kwargs.get("training", node.args[5] if len(node.args) > 5 else False)
+    return node.op == "call_function" and node.target is F.batch_norm and training is False
+
+
 def op_kind(node, modules: dict[str, nn.Module]) -> tuple[str, Window | None]:
-    """('window', w), ('pointwise', None), ('cat', None), or ('unsupported', None) for one fx node."""
+    """('window', w), ('pointwise' | 'cat' | 'const' | 'check', None), or ('unsupported', None) for one fx node."""
+    meta = _meta_kind(node)
+    if meta:
+        return meta, None
+    if node.op == "call_function" and node.target is F.batch_norm:
+        return ("pointwise", None) if _functional_batch_norm(node) else ("unsupported", None)
     if node.op == "call_module":
         m = modules[node.target]
         if isinstance(m, nn.Conv2d):
