@@ -115,6 +115,8 @@ def test_memory_target_picks_fewest_extra_macs_and_names_closest():
     assert loose.extra_macs == 0  # any schedule fits, so the one without halos wins
     with pytest.raises(BadInputError, match="closest: .* KB with --patches"):
         patch_model(net, (3, 32, 32), PatchConfig(grid=None, peak_memory_bytes=10))
+    with pytest.raises(BadInputError, match="cannot be met"):  # a fixed cut and grid still answer to the target
+        patch_model(net, (3, 32, 32), PatchConfig(grid=(2, 2), until=loose.plan.cut.node, peak_memory_bytes=10))
 
 
 def test_cli_patch_and_bad_input(tmp_path, monkeypatch, capsys):

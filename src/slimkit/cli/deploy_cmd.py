@@ -37,7 +37,7 @@ def patch(
     from slimkit.utils.parse import parse_input_size
 
     target = parse_bytes(peak_memory) if peak_memory else None
-    grid = parse_grid(patches) if patches else (None if target is not None and until is None else (4, 4))
+    grid = parse_grid(patches) if patches else (None if target is not None else (4, 4))
     net, info = load_model(model, trust_code=trust_code)
     net.eval()
     size = parse_input_size(input_size) or tuple(info.input_size)

@@ -85,7 +85,7 @@ def choose_plan(t: Traced, cfg: PatchConfig) -> Candidate:
     """The cut and grid: as given, else the lowest arena, or under a target the fewest extra MACs."""
     cuts = [t.find_cut(cfg.until)] if cfg.until else t.cuts
     grids = [cfg.grid] if cfg.grid else list(SEARCH_GRIDS)
-    if cfg.until and cfg.grid:
+    if cfg.until and cfg.grid and cfg.peak_memory_bytes is None:
         return _evaluate(t, cuts[0], cfg.grid)
     found = [_evaluate(t, c, g) for c in cuts for g in grids if _fits(t, c, g) and g != (1, 1)]
     if not found:
