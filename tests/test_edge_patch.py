@@ -100,6 +100,10 @@ def test_arena_by_hand():
     plan = plan_patches(t, t.find_cut("1"), (2, 2))
     # patched: input 64 + stitched map 64 resident; conv1 patch 5x5=25 and conv2 patch 4x4=16 at once
     assert patched_plan(t, plan).arena_elements == 64 + 64 + 25 + 16
+    # streamed input: the top-left patch loads input rows/cols 0..5 (36), live with conv1's 25 outputs;
+    # then the tail's flatten (counted as a copy, 64) beside the stitched map (64) is the largest
+    streamed = patched_plan(t, plan, stream_input=True)
+    assert streamed.rows[0].live_elements == 64 + 36 + 25 and streamed.arena_elements == 64 + 64
 
 
 def test_tiles_and_sizes():

@@ -26,6 +26,8 @@ def patch(
                                               "cut (and grid) with the fewest extra MACs that fits"),
     bytes_per_element: int = typer.Option(1, "--bytes-per-element", min=1, max=4,
                                           help="Activation storage for --peak-memory: 1 (int8) or 4 (fp32)"),
+    stream_input: bool = typer.Option(False, "--stream-input", help="Arena plan: each patch loads only its own "
+                                      "input region (camera/flash) instead of keeping the whole image"),
     input_size: Optional[str] = INPUT_SIZE_OPT,
     trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code to import it"),
 ) -> None:
@@ -41,13 +43,15 @@ def patch(
     net, info = load_model(model, trust_code=trust_code)
     net.eval()
     size = parse_input_size(input_size) or tuple(info.input_size)
-    cfg = PatchConfig(grid=grid, until=until, peak_memory_bytes=target, bytes_per_element=bytes_per_element)
+    cfg = PatchConfig(grid=grid, until=until, peak_memory_bytes=target, bytes_per_element=bytes_per_element,
+                      stream_input=stream_input)
     patched, traced, chosen = patch_model(net, size, cfg)
-    report = measure_patch(net, patched, traced, chosen)
+    report = measure_patch(net, patched, traced, chosen, stream_input=stream_input)
     with atomic_dir(out) as tmp:
         write_patch_outputs(report, tmp, model)
         save_resolved_args(tmp, "deploy patch", {"model": model, "patches": patches, "until": until,
                                                  "peak_memory": peak_memory, "bytes_per_element": bytes_per_element,
+                                                 "stream_input": stream_input,
                                                  "input_size": list(size), "chosen": chosen.label})
     _print_patch(report, out)
 

@@ -77,16 +77,21 @@ def whole_plan(t: Traced) -> MemoryPlan:
     return MemoryPlan(_rows_for(t, t.nodes[1:], {first.name: _elements(t.shapes[first.name])}))
 
 
-def patched_plan(t: Traced, plan: PatchPlan) -> MemoryPlan:
-    """Head patch by patch (the whole input and the stitched cut map stay resident), then the tail whole."""
-    cut = t.nodes[plan.cut.index]
-    resident = _elements(t.shapes[t.nodes[0].name]) + _elements(t.shapes[cut.name])
+def patched_plan(t: Traced, plan: PatchPlan, stream_input: bool = False) -> MemoryPlan:
+    """Head patch by patch (the stitched cut map stays resident), then the tail whole.
+
+    The whole input stays resident too, unless `stream_input`: then each patch loads only its own input
+    region (from a camera line buffer or flash), which lives until its last reader.
+    """
+    cut, first = t.nodes[plan.cut.index], t.nodes[0].name
+    resident = _elements(t.shapes[cut.name]) + (0 if stream_input else _elements(t.shapes[first]))
     best: dict[str, PlanRow] = {}
     targets, fusable = {n.name: str(n.target) for n in t.nodes}, _fusable(t)
     for steps in plan.patches:
         seq = [(s.node, t.shapes[s.node][1] * area(s.region), list(s.crops)) for s in steps]
         regions = {s.node: s.region for s in steps}
-        for name, size, lv in _timeline(seq, resident, {}, fusable):
+        live = {first: t.shapes[first][1] * area(_input_region(steps, first))} if stream_input else {}
+        for name, size, lv in _timeline(seq, resident, live, fusable):
             r = regions[name]
             row = PlanRow(name, targets[name], True, [t.shapes[name][1], r[1] - r[0], r[3] - r[2]], size, lv)
             old = best.get(name)
@@ -94,6 +99,12 @@ def patched_plan(t: Traced, plan: PatchPlan) -> MemoryPlan:
     head = [best[n.name] for n in t.nodes[1: plan.cut.index + 1] if n.name in best]
     tail_nodes = t.nodes[plan.cut.index + 1:]
     return MemoryPlan(head + _rows_for(t, tail_nodes, {cut.name: _elements(t.shapes[cut.name])}))
+
+
+def _input_region(steps, first: str) -> tuple[int, int, int, int]:
+    regions = [s.crops[first] for s in steps if first in s.crops]
+    return (min(r[0] for r in regions), max(r[1] for r in regions), min(r[2] for r in regions),
+            max(r[3] for r in regions))
 
 
 def patched_extra_macs(t: Traced, plan: PatchPlan) -> tuple[int, int]:

@@ -31,6 +31,7 @@ class PatchConfig:
     until: str | None = None
     peak_memory_bytes: int | None = None  # arena target at `bytes_per_element`
     bytes_per_element: int = 1  # 1: int8 deployment (the MCU case), 4: fp32
+    stream_input: bool = False  # the arena holds one patch's input region, not the whole image
 
 
 @dataclass
@@ -70,10 +71,10 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-def _evaluate(t: Traced, cut: Cut, grid: tuple[int, int]) -> Candidate:
+def _evaluate(t: Traced, cut: Cut, grid: tuple[int, int], stream_input: bool) -> Candidate:
     plan = plan_patches(t, cut, grid)
     patched, whole = patched_extra_macs(t, plan)
-    return Candidate(plan, patched_plan(t, plan).arena_elements, patched - whole)
+    return Candidate(plan, patched_plan(t, plan, stream_input).arena_elements, patched - whole)
 
 
 def _fits(t: Traced, cut: Cut, grid: tuple[int, int]) -> bool:
@@ -86,8 +87,8 @@ def choose_plan(t: Traced, cfg: PatchConfig) -> Candidate:
     cuts = [t.find_cut(cfg.until)] if cfg.until else t.cuts
     grids = [cfg.grid] if cfg.grid else list(SEARCH_GRIDS)
     if cfg.until and cfg.grid and cfg.peak_memory_bytes is None:
-        return _evaluate(t, cuts[0], cfg.grid)
-    found = [_evaluate(t, c, g) for c in cuts for g in grids if _fits(t, c, g) and g != (1, 1)]
+        return _evaluate(t, cuts[0], cfg.grid, cfg.stream_input)
+    found = [_evaluate(t, c, g, cfg.stream_input) for c in cuts for g in grids if _fits(t, c, g) and g != (1, 1)]
     if not found:
         raise BadInputError(f"patch grid {grids[0][0]}x{grids[0][1]} is larger than every feature map it could cut")
     bpe = cfg.bytes_per_element

@@ -23,7 +23,8 @@ def _both(fp32_bytes: int | None) -> dict[str, int | None]:
     return {"fp32": fp32_bytes, "int8": None if fp32_bytes is None else fp32_bytes // 4}
 
 
-def measure_patch(model: nn.Module, patched: nn.Module, traced: Traced, chosen: Candidate, seed: int = 0) -> dict:
+def measure_patch(model: nn.Module, patched: nn.Module, traced: Traced, chosen: Candidate, seed: int = 0,
+                  stream_input: bool = False) -> dict:
     """Measure both modules on one random image (models unchanged); returns the report dict."""
     from slimkit.profile.counter import count_macs
     from slimkit.profile.memory import measure_peak_activation_bytes
@@ -33,11 +34,11 @@ def measure_patch(model: nn.Module, patched: nn.Module, traced: Traced, chosen: 
         whole = model(x)
         diff = (whole - patched(x)).abs().max().item()
     before, after = count_macs(model, x), count_macs(patched, x)
-    plan_before, plan_after = whole_plan(traced), patched_plan(traced, chosen.plan)
+    plan_before, plan_after = whole_plan(traced), patched_plan(traced, chosen.plan, stream_input)
     return {
         "input_size": list(traced.input_size), "cut": chosen.plan.cut.label, "cut_node": chosen.plan.cut.node,
         "grid": list(chosen.plan.grid), "cut_shape": list(traced.shapes[chosen.plan.cut.node][1:]),
-        "tiles": [list(r) for r in chosen.plan.tiles],
+        "tiles": [list(r) for r in chosen.plan.tiles], "stream_input": stream_input,
         "max_abs_diff": diff, "output_max_abs": whole.abs().max().item(),
         "arena_bytes": {"before": {"int8": plan_before.arena_elements, "fp32": 4 * plan_before.arena_elements},
                         "after": {"int8": plan_after.arena_elements, "fp32": 4 * plan_after.arena_elements}},
