@@ -84,21 +84,22 @@ class SearchSpace(BaseModel):
         return make_divisible(self.stem_channels * width, self.channel_divisor)
 
     def largest(self) -> "Arch":
-        return self._uniform(-1)
+        return self.smallest(0.0)
 
-    def smallest(self) -> "Arch":
-        return self._uniform(0)
+    def smallest(self, fraction: float = 1.0) -> "Arch":
+        """The smallest child whose choices are all open at `fraction` (1.0: the space's smallest)."""
+        def low(options: list) -> Any:
+            return options[_first_open(len(options), fraction)]
 
-    def _uniform(self, i: int) -> "Arch":
-        depths = [s.depths[i] for s in self.stages]
-        return Arch(resolution=self.resolutions[i], width=self.widths[i], depths=depths,
-                    kernels=[[self.kernels[i]] * d for d in depths], expands=[[self.expands[i]] * d for d in depths])
+        depths = [low(s.depths) for s in self.stages]
+        return Arch(resolution=low(self.resolutions), width=low(self.widths), depths=depths,
+                    kernels=[[low(self.kernels)] * d for d in depths], expands=[[low(self.expands)] * d for d in depths])
 
     def sample(self, rng: random.Random, fraction: float = 1.0) -> "Arch":
         """A random child; with `fraction` < 1 only the largest ceil(fraction * n) of each choice list
         is open (delayed, progressive shrinking)."""
         def pick(options: list) -> Any:
-            return rng.choice(options[len(options) - max(1, math.ceil(fraction * len(options))):])
+            return rng.choice(options[_first_open(len(options), fraction):])
 
         depths = [pick(s.depths) for s in self.stages]
         return Arch(resolution=pick(self.resolutions), width=pick(self.widths), depths=depths,
@@ -140,6 +141,11 @@ class SearchSpace(BaseModel):
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or "space"
             raise BadInputError(f"{where}: {loc}: {err['msg']}") from None
+
+
+def _first_open(n: int, fraction: float) -> int:
+    """Index of the smallest open choice of n sorted ones: only the largest at 0, all at 1."""
+    return n - max(1, math.ceil(round(fraction * n, 9)))
 
 
 class Arch(BaseModel):

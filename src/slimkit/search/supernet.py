@@ -95,7 +95,8 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spec = child_spec(self.space, self.active)
         x = F.relu6(self.stem_bn(_conv(x, self.stem, spec["stem"])))
-        for (cin, hidden, out, k, stride, residual), (si, bi) in zip(spec["blocks"], _positions(self.active)):
+        for block, (si, bi) in zip(spec["blocks"], _positions(self.active)):
+            _, hidden, out, k = block[:4]
             x = self.stages[si][bi](x, hidden, out, k)
         x = F.relu6(self.head_bn(_conv(x, self.head, self.space.head_channels)))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
