@@ -96,7 +96,8 @@ SPACE_FILE = "space.yaml"
 
 
 def train_supernet(space: SearchSpace, data: Any, config: Any, out_dir: Any, *, sandwich: SandwichConfig | None = None,
-                   resume: bool = False, overwrite: bool = False, progress: bool = True) -> Any:
+                   resume: bool = False, overwrite: bool = False, progress: bool = True,
+                   hooks: tuple[Hook, ...] = ()) -> Any:
     """Train a new supernet of `space` on `data` (a DataBundle at the space's largest resolution) via fit().
 
     `out_dir` ends holding space.yaml, the supernet as a model directory (load it with load_supernet),
@@ -113,6 +114,7 @@ def train_supernet(space: SearchSpace, data: Any, config: Any, out_dir: Any, *, 
         stored = SearchSpace.from_dict(_read_yaml(out / SPACE_FILE), str(out / SPACE_FILE))
         if stored.model_dump() != space.model_dump():
             raise BadInputError(f"cannot resume {out}: its {SPACE_FILE} is a different space ({stored.name})")
+    torch.manual_seed(config.seed)  # the initial weights follow the seed like everything else in the run
     net = Supernet(space)
     hook = SandwichHook(net, sandwich)
     from slimkit.engine.outputs import prepare_out_dir
@@ -120,7 +122,7 @@ def train_supernet(space: SearchSpace, data: Any, config: Any, out_dir: Any, *, 
     prepare_out_dir(out, resume=resume, overwrite=overwrite)
     atomic_write_text(out / SPACE_FILE, space.to_yaml())
     atomic_write_json(out / "sandwich.json", sandwich.to_dict())
-    return fit(net, data, config, hooks=[hook], out_dir=out, resume=resume, overwrite=overwrite, progress=progress,
+    return fit(net, data, config, hooks=[hook, *hooks], out_dir=out, resume=resume, overwrite=overwrite, progress=progress,
                extra_metrics={"search": {"space": space.name, "sandwich": sandwich.to_dict()}})
 
 
