@@ -25,7 +25,7 @@ from pathlib import Path
 from _common import RESULTS, environment, write_results
 
 WORK = Path("/tmp/slimkit_search_bench")
-TRAIN_SAMPLES, VAL_SAMPLES, EPOCHS = 4000, 1000, 4
+TRAIN_SAMPLES, VAL_SAMPLES, EPOCHS = 3000, 1000, 4
 
 
 def _merge(part: str, payload: dict) -> None:

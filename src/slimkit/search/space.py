@@ -166,7 +166,7 @@ class Arch(BaseModel):
 SPACES: Registry[dict] = Registry("search space")
 
 SPACES.add("mbv2", {
-    "name": "mbv2", "in_chans": 1, "num_classes": 10, "stem_channels": 16, "stem_stride": 1, "head_channels": 256,
+    "name": "mbv2", "in_chans": 1, "num_classes": 10, "stem_channels": 16, "stem_stride": 2, "head_channels": 256,
     "stages": [{"channels": 16, "depths": [1, 2], "stride": 1}, {"channels": 24, "depths": [1, 2, 3], "stride": 2},
                {"channels": 40, "depths": [2, 3], "stride": 2}, {"channels": 80, "depths": [2, 3, 4], "stride": 2},
                {"channels": 112, "depths": [1, 2], "stride": 1}],
