@@ -9,6 +9,7 @@ Parts (each merges its section into benchmarks/results/search_bench.json):
   train    the supernet on a Fashion-MNIST subset at 24/32 px (sandwich rule, in-place distillation,
            delayed shrinking), then children's top-1 without retraining (BN recalibrated) against the same
            architectures trained from scratch for the same epochs (BigNAS's claim).
+  proxies  Kendall tau of synflow, grad-norm, NASWOT, MACs and params against 30 children's top-1.
   search   evolutionary search (MnasNet reward, w=-0.07) at a target set from the table, winners measured.
 
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/search_bench.py train
@@ -119,13 +120,42 @@ def search_part(target_ms: float | None) -> dict:
             "winner": res["winners"][0], "confirmed": res["confirmed"], "pareto_front": front["confirmed"]}
 
 
+def proxies_part(n: int = 30) -> dict:
+    """Kendall tau of zero-cost proxies and MACs/params against the children's supernet top-1 (BN recalibrated)."""
+    import random
+
+    import torch
+
+    from slimkit.search.child import ChildNet, child_spec
+    from slimkit.search.evaluate import ChildEvaluator
+    from slimkit.search.proxies import rank_correlation, score
+    from slimkit.search.train import load_supernet, resize_to
+
+    torch.set_num_threads(1)
+    net, _ = load_supernet(WORK / "supernet")
+    space, data = net.space, _data(net.space)
+    ev = ChildEvaluator(net, data)
+    rng = random.Random(5)
+    archs = [space.sample(rng) for _ in range(n)]
+    x = torch.stack([data.train[i][0] for i in range(64)])
+    y = torch.tensor([int(data.train[i][1]) for i in range(64)])
+    scores, accs = [], []
+    for arch in archs:
+        scores.append(score(lambda a=arch: ChildNet(child_spec(space, a)), resize_to(x, arch.resolution), y))
+        accs.append(ev.accuracy(arch))
+    return {"environment": environment(1), "n": n, "accuracy": "supernet child top-1 (BN recalibrated), not "
+            "stand-alone training", "kendall_tau": rank_correlation(scores, accs), "accuracies": accs,
+            "scores": scores}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["latency", "train", "search"])
+    parser.add_argument("part", choices=["latency", "train", "search", "proxies"])
     parser.add_argument("--target-ms", type=float, default=None)
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    payload = {"latency": latency_part, "train": train_part}.get(args.part, lambda: search_part(args.target_ms))()
+    payload = {"latency": latency_part, "train": train_part, "proxies": proxies_part}.get(
+        args.part, lambda: search_part(args.target_ms))()
     _merge(args.part, payload)
 
 
