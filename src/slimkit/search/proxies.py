@@ -32,7 +32,8 @@ def synflow(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
             p.abs_()
     model.zero_grad()
     model(torch.ones_like(x[:1], dtype=torch.float64)).sum().backward()
-    return float(sum((p * p.grad).sum() for p in model.parameters() if p.grad is not None))
+    with torch.no_grad():
+        return float(sum((p * p.grad).sum() for p in model.parameters() if p.grad is not None))
 
 
 @PROXIES.register("grad_norm")
