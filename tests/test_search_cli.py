@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from cli_helpers import run_cli
 
@@ -57,3 +58,19 @@ def test_train_then_search_writes_a_loadable_child(monkeypatch, capsys, tmp_path
     model, info = load_model(str(run / "search" / "child_0"))
     res = winner["arch"]["resolution"]
     assert info.input_size == (1, res, res) and model(torch.randn(1, 1, res, res)).shape == (1, 10)
+
+
+@pytest.mark.slow
+def test_latency_table_measures_every_part(monkeypatch, capsys, tmp_path):
+    from slimkit.search.latency import space_parts
+    from slimkit.search.space import load_space
+    from slimkit.search.table import LatencyTable
+
+    code, out, err = run_cli(monkeypatch, capsys, "search", "latency-table", "tiny", "--threads", "1", "--out",
+                             tmp_path / "t.json", "--repetitions", "5", "--rounds", "1", "--calibrate", "3")
+    assert code == 0, err
+    table = LatencyTable.load(tmp_path / "t.json")
+    assert set(table.entries) == set(space_parts(load_space("tiny")))
+    assert all(e["median_ms"] > 0 and e["repetitions"] >= 5 for e in table.entries.values())
+    assert table.conditions["threads"] == 1 and table.conditions["runtime"] == "onnxruntime"
+    assert table.calibration["fitted_on"] == 3 and table.check_conditions(1) == []
