@@ -67,10 +67,11 @@ def test_latency_table_measures_every_part(monkeypatch, capsys, tmp_path):
     from slimkit.search.table import LatencyTable
 
     code, out, err = run_cli(monkeypatch, capsys, "search", "latency-table", "tiny", "--threads", "1", "--out",
-                             tmp_path / "t.json", "--repetitions", "5", "--rounds", "1", "--calibrate", "3")
+                             tmp_path / "t.json", "--repetitions", "5", "--rounds", "1", "--calibrate", "3", "--validate", "3")
     assert code == 0, err
     table = LatencyTable.load(tmp_path / "t.json")
     assert set(table.entries) == set(space_parts(load_space("tiny")))
     assert all(e["median_ms"] > 0 and e["repetitions"] >= 5 for e in table.entries.values())
     assert table.conditions["threads"] == 1 and table.conditions["runtime"] == "onnxruntime"
     assert table.calibration["fitted_on"] == 3 and table.check_conditions(1) == []
+    assert table.calibration["validation"]["n"] == 3 and "validation on 3 children" in out

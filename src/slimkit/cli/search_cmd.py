@@ -49,7 +49,8 @@ def latency_table(
     repetitions: int = typer.Option(40, "--repetitions", min=5, help="Timed calls per part, split over rounds"),
     rounds: int = typer.Option(5, "--rounds", min=1, help="Interleaved rounds over all parts"),
     calibrate: int = typer.Option(12, "--calibrate", min=0, help="Whole children measured to fit the correction"),
-    validate: int = typer.Option(0, "--validate", min=0, help="Also measure N sampled children against the table"),
+    validate: int = typer.Option(0, "--validate", min=0, help="Also time N other children in the same rounds and "
+                                 "report the prediction error"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Time every block choice of SPACE on this machine and write a latency table with its conditions."""
@@ -64,11 +65,9 @@ def latency_table(
     sp = load_space(space)
     n = _threads(threads)
     with Progress(console=console(), transient=True) as bar:
-        task = bar.add_task("export + verify parts", total=len(space_parts(sp)) + 1)
-        table = build_table(sp, n, repetitions=repetitions, rounds=rounds, calibrate=calibrate, seed=seed,
-                            progress=lambda: bar.advance(task))
-    if validate:
-        table.calibration["validation"] = table.validate(validate, seed=seed + 1, threads=n)
+        task = bar.add_task("export + verify parts", total=len(space_parts(sp)) + 1 + max(calibrate, 2) + validate)
+        table = build_table(sp, n, repetitions=repetitions, rounds=rounds, calibrate=calibrate, validate=validate,
+                            seed=seed, progress=lambda: bar.advance(task))
     table.save(out)
     fit = table.calibration.get("fit_errors", {})
     console().print(f"{len(table.entries)} parts timed ({n} threads, ONNX Runtime); correction "

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from slimkit.errors import BadInputError
 from slimkit.search.latency import (arch_parts, calibration_archs, condition_mismatches, conditions, error_summary,
                                     fit_line, measure_archs, measure_modules, part_module, space_parts)
+from slimkit.search.child import ChildNet, child_spec
 from slimkit.search.space import Arch, SearchSpace
 
 __all__ = ["LatencyTable", "build_table", "TABLE_FORMAT"]
@@ -92,20 +93,31 @@ class LatencyTable:
 
 
 def build_table(space: SearchSpace, threads: int, *, repetitions: int = 40, rounds: int = 5, calibrate: int = 12,
-                seed: int = 0, progress: Callable[[], None] | None = None) -> LatencyTable:
-    """Time every part of `space` on this machine, then fit the correction on `calibrate` whole children."""
+                validate: int = 0, seed: int = 0, progress: Callable[[], None] | None = None) -> LatencyTable:
+    """Time every part of `space` on this machine, fit the correction on `calibrate` whole children, and check
+    it on `validate` other ones. Parts and children are timed in the same interleaved rounds, so load that
+    drifts during the build hits the table and the children alike."""
     keys = space_parts(space)
     call_key = f"call:{space.in_chans}@{min(space.resolutions)}"
+    calib = calibration_archs(space, calibrate, seed)
+    check = calibration_archs(space, validate + 2, seed + 1)[2:] if validate else []
     modules = {k: part_module(k) for k in [call_key, *keys]}
+    children = {f"child:{i}": a for i, a in enumerate(calib + check)}
+    modules.update({k: (ChildNet(child_spec(space, a)), (space.in_chans, a.resolution, a.resolution))
+                    for k, a in children.items()})
     start = time.perf_counter()
     got = measure_modules(modules, threads, repetitions=repetitions, rounds=rounds, progress=progress)
     entries = {k: {"median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "p90_ms": m.p90_ms, "repetitions": m.repetitions}
-               for k, m in got.items() if k != call_key}
+               for k, m in got.items() if k in keys}
     table = LatencyTable(space, conditions(threads, repetitions, rounds), entries, got[call_key].median_ms)
-    calib = calibration_archs(space, calibrate, seed)
-    measured = measure_archs(space, calib, threads, repetitions=repetitions, rounds=rounds)
+    measured = [got[f"child:{i}"].median_ms for i in range(len(calib) + len(check))]
     raw = [table.raw_ms(a) for a in calib]
-    table.scale, table.offset_ms = fit_line(raw, measured) if calibrate >= 3 else (1.0, 0.0)
+    table.scale, table.offset_ms = fit_line(raw, measured[: len(calib)]) if calibrate >= 3 else (1.0, 0.0)
     table.calibration = {"fitted_on": len(calib), "seed": seed, "fit_errors": error_summary(
-        [table.predict_ms(a) for a in calib], measured), "build_seconds": round(time.perf_counter() - start, 1)}
+        [table.predict_ms(a) for a in calib], measured[: len(calib)]), "build_seconds": round(time.perf_counter() - start, 1)}
+    if check:
+        table.calibration["validation"] = {
+            **error_summary([table.predict_ms(a) for a in check], measured[len(calib):]),
+            "measured_ms": measured[len(calib):], "predicted_ms": [table.predict_ms(a) for a in check],
+            "archs": [a.model_dump() for a in check], "timed": "in the same interleaved rounds as the parts"}
     return table
