@@ -58,8 +58,14 @@ def train(
     save_resolved_args(out, "search train", args)
     atomic_write_json(out / TRAIN_INFO, {"data": data, "train_samples": train_samples, "val_samples": val_samples,
                                          "seed": seed, "input_size": list(bundle.input_size)})
-    console().print(f"supernet trained {result.epochs_completed} epoch(s); largest child val top-1 "
-                    f"{result.metrics['accuracy']:.4f} (shared BN statistics) -> {out}")
+    from slimkit.search.evaluate import ChildEvaluator
+
+    ev = ChildEvaluator(result.model, bundle)
+    ends = {name: {"arch": a.model_dump(), "top1": ev.accuracy(a)}
+            for name, a in (("largest", sp.largest()), ("smallest", sp.smallest()))}
+    atomic_write_json(out / "children.json", {"bn": "recalibrated per child", "children": ends})
+    console().print(f"supernet trained {result.epochs_completed} epoch(s); val top-1 (BN recalibrated): largest "
+                    f"{ends['largest']['top1']:.4f}, smallest {ends['smallest']['top1']:.4f} -> {out}")
 
 
 @app.command("run")
