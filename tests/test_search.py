@@ -35,9 +35,10 @@ def _randomize_bn(net: torch.nn.Module) -> None:
 
 def fake_table(space: SearchSpace) -> LatencyTable:
     """A table with known figures: each part costs 0.001 ms per character of its key."""
-    entries = {k: {"median_ms": len(k) * 1e-3, "iqr_ms": 0.0, "p90_ms": 0.0, "repetitions": 1}
+    entries = {k: {"median_ms": len(k) * 1e-3, "iqr_ms": 0.0, "p90_ms": 0.0, "min_ms": len(k) * 1e-4, "repetitions": 1}
                for k in space_parts(space)}
-    return LatencyTable(space, conditions(torch.get_num_threads(), 1, 1), entries, 0.002, 0.5, 0.01)
+    overhead = {"median_ms": 0.002, "min_ms": 0.001}
+    return LatencyTable(space, conditions(torch.get_num_threads(), 1, 1), entries, overhead, 0.5, 0.01)
 
 
 def test_space_yaml_round_trip_and_user_file(tiny, tmp_path):
@@ -105,6 +106,8 @@ def test_table_lookup_reproduces_stored_figures(tiny, tmp_path):
     raw = sum(len(k) * 1e-3 for k in parts) - (len(parts) - 1) * 0.002
     assert again.predict_ms(arch) == pytest.approx(0.5 * raw + 0.01, abs=1e-12)
     assert again.check_conditions() == []
+    again.statistic = "min"
+    assert again.predict_ms(arch) == pytest.approx(0.5 * (raw / 10 - (len(parts) - 1) * 0.0008) + 0.01, abs=1e-12)
     with pytest.raises(BadInputError, match="another space"):
         again.lookup("block:999-1-1-k3-s1-r0@4")
 
@@ -175,3 +178,25 @@ def test_supernet_training_resumes_exactly(tiny, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
     log = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if r.get("event") == "epoch"] == [1, 2]
+
+
+def test_refit_recovers_a_known_line(tiny):
+    from slimkit.search.table import refit
+
+    table = fake_table(tiny)
+    rng = random.Random(0)
+    archs = [tiny.sample(rng) for _ in range(6)]
+    table.scale, table.offset_ms = 1.0, 0.0
+
+    def row(a):  # children that cost exactly 2 x the sum of their parts + 0.5 ms
+        table.statistic = "median"
+        med = 2 * table.raw_ms(a) + 0.5
+        table.statistic = "min"
+        return {"arch": a.model_dump(), "median_ms": med, "min_ms": 2 * table.raw_ms(a) + 0.5}
+
+    rows = [row(a) for a in archs]
+    table.calibration = {"calibration_children": rows[:4], "validation_children": rows[4:]}
+    for stat in ("median", "min"):
+        refit(table, stat)
+        assert (table.scale, table.offset_ms) == (pytest.approx(2.0), pytest.approx(0.5))
+        assert table.calibration["validation"]["max_abs_pct"] == pytest.approx(0.0, abs=1e-9)

@@ -51,6 +51,8 @@ def latency_table(
     calibrate: int = typer.Option(12, "--calibrate", min=0, help="Whole children measured to fit the correction"),
     validate: int = typer.Option(0, "--validate", min=0, help="Also time N other children in the same rounds and "
                                  "report the prediction error"),
+    statistic: str = typer.Option("median", "--statistic", help="median | min: the per-part figure predictions add "
+                                  "(min resists a busy machine)"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Time every block choice of SPACE on this machine and write a latency table with its conditions."""
@@ -67,10 +69,10 @@ def latency_table(
     with Progress(console=console(), transient=True) as bar:
         task = bar.add_task("export + verify parts", total=len(space_parts(sp)) + 1 + max(calibrate, 2) + validate)
         table = build_table(sp, n, repetitions=repetitions, rounds=rounds, calibrate=calibrate, validate=validate,
-                            seed=seed, progress=lambda: bar.advance(task))
+                            seed=seed, statistic=statistic, progress=lambda: bar.advance(task))
     table.save(out)
     fit = table.calibration.get("fit_errors", {})
-    console().print(f"{len(table.entries)} parts timed ({n} threads, ONNX Runtime); correction "
+    console().print(f"{len(table.entries)} parts timed ({n} threads, ONNX Runtime, {statistic}); correction "
                     f"{table.scale:.3f} x sum + {table.offset_ms:.4f} ms; calibration within 10%: "
                     f"{fit.get('within_10pct', float('nan')):.0%} -> {out}")
     if validate:

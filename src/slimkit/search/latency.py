@@ -103,7 +103,12 @@ class Measured:
     median_ms: float
     iqr_ms: float
     p90_ms: float
+    min_ms: float
     repetitions: int
+
+    def to_dict(self) -> dict[str, float]:
+        return {"median_ms": self.median_ms, "iqr_ms": self.iqr_ms, "p90_ms": self.p90_ms, "min_ms": self.min_ms,
+                "repetitions": self.repetitions}
 
 
 def measure_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], threads: int, *,
@@ -124,7 +129,7 @@ def measure_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], 
             if progress is not None:
                 progress()
         timings = measure_interleaved(candidates, warmup=5, repetitions=repetitions, rounds=rounds)
-    return {k: Measured(t.median, t.iqr, t.p90, t.repetitions) for k, t in timings.items()}
+    return {k: Measured(t.median, t.iqr, t.p90, t.min, t.repetitions) for k, t in timings.items()}
 
 
 def _cpu() -> dict[str, Any]:
@@ -156,14 +161,16 @@ def condition_mismatches(stored: dict[str, Any], threads: int | None = None) -> 
             for k in ("cpu", "avx512", "vnni", "threads", "onnxruntime") if stored.get(k) != here[k]]
 
 
-def measure_archs(space: SearchSpace, archs: Iterable[Arch], threads: int, **kw: Any) -> list[float]:
-    """Measured median latency (ms) of whole children (random weights: latency does not depend on them)."""
+def measure_archs(space: SearchSpace, archs: Iterable[Arch], threads: int, statistic: str = "median",
+                  **kw: Any) -> list[float]:
+    """Measured latency (ms; median or min per call) of whole children (random weights: latency does not
+    depend on them)."""
     archs = list(archs)
     torch.manual_seed(0)
     mods = {str(i): (ChildNet(child_spec(space, a)), (space.in_chans, a.resolution, a.resolution))
             for i, a in enumerate(archs)}
     got = measure_modules(mods, threads, **kw)
-    return [got[str(i)].median_ms for i in range(len(archs))]
+    return [getattr(got[str(i)], f"{statistic}_ms") for i in range(len(archs))]
 
 
 def calibration_archs(space: SearchSpace, n: int, seed: int) -> list[Arch]:

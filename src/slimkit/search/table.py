@@ -26,17 +26,22 @@ TABLE_FORMAT, TABLE_VERSION = "slimkit-latency-table", 1
 class LatencyTable:
     space: SearchSpace
     conditions: dict[str, Any]
-    entries: dict[str, dict[str, float]]  # key -> median_ms, iqr_ms, p90_ms, repetitions
-    overhead_ms: float  # one session.run of an empty graph: every standalone part paid it once
+    entries: dict[str, dict[str, float]]  # key -> median_ms, iqr_ms, p90_ms, min_ms, repetitions
+    overhead: dict[str, float]  # one session.run of an empty graph (every standalone part paid it once)
     scale: float = 1.0
     offset_ms: float = 0.0
     calibration: dict[str, Any] = field(default_factory=dict)
+    statistic: str = "median"  # or "min": the figure per part that predictions add up
 
     def lookup(self, key: str) -> float:
-        """The stored median (ms) of one part."""
+        """The stored figure (ms, the table's statistic) of one part."""
         if key not in self.entries:
             raise BadInputError(f"latency table has no entry {key!r}: it was built for another space")
-        return self.entries[key]["median_ms"]
+        return self.entries[key][f"{self.statistic}_ms"]
+
+    @property
+    def overhead_ms(self) -> float:
+        return self.overhead[f"{self.statistic}_ms"]
 
     def raw_ms(self, arch: Arch) -> float:
         """Sum of the parts, with the per-call overhead counted once for the whole network."""
@@ -59,7 +64,7 @@ class LatencyTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "space": self.space.model_dump(),
-                "conditions": self.conditions, "overhead_ms": self.overhead_ms,
+                "conditions": self.conditions, "statistic": self.statistic, "overhead": self.overhead,
                 "correction": {"scale": self.scale, "offset_ms": self.offset_ms, **self.calibration},
                 "entries": self.entries}
 
@@ -81,43 +86,59 @@ class LatencyTable:
         corr = dict(data["correction"])
         scale, offset = corr.pop("scale"), corr.pop("offset_ms")
         return cls(SearchSpace.from_dict(data["space"], str(path)), data["conditions"], data["entries"],
-                   float(data["overhead_ms"]), float(scale), float(offset), corr)
+                   data["overhead"], float(scale), float(offset), corr, data.get("statistic", "median"))
 
     def validate(self, n: int, seed: int = 1, threads: int | None = None, **kw: Any) -> dict[str, Any]:
         """Predicted against measured latency of `n` sampled children (exported and timed now)."""
         archs = calibration_archs(self.space, n, seed)
-        measured = measure_archs(self.space, archs, int(threads or self.conditions["threads"]), **kw)
+        measured = measure_archs(self.space, archs, int(threads or self.conditions["threads"]), self.statistic, **kw)
         predicted = [self.predict_ms(a) for a in archs]
         return {**error_summary(predicted, measured), "measured_ms": measured,
                 "predicted_ms": [round(p, 5) for p in predicted], "archs": [a.model_dump() for a in archs]}
 
 
 def build_table(space: SearchSpace, threads: int, *, repetitions: int = 40, rounds: int = 5, calibrate: int = 12,
-                validate: int = 0, seed: int = 0, progress: Callable[[], None] | None = None) -> LatencyTable:
+                validate: int = 0, seed: int = 0, statistic: str = "median",
+                progress: Callable[[], None] | None = None) -> LatencyTable:
     """Time every part of `space` on this machine, fit the correction on `calibrate` whole children, and check
     it on `validate` other ones. Parts and children are timed in the same interleaved rounds, so load that
     drifts during the build hits the table and the children alike."""
+    if statistic not in ("median", "min"):
+        raise BadInputError(f"latency statistic must be median or min, got {statistic!r}")
     keys = space_parts(space)
     call_key = f"call:{space.in_chans}@{min(space.resolutions)}"
     calib = calibration_archs(space, calibrate, seed)
     check = calibration_archs(space, validate + 2, seed + 1)[2:] if validate else []
     modules = {k: part_module(k) for k in [call_key, *keys]}
-    children = {f"child:{i}": a for i, a in enumerate(calib + check)}
-    modules.update({k: (ChildNet(child_spec(space, a)), (space.in_chans, a.resolution, a.resolution))
-                    for k, a in children.items()})
+    modules.update({f"child:{i}": (ChildNet(child_spec(space, a)), (space.in_chans, a.resolution, a.resolution))
+                    for i, a in enumerate(calib + check)})
     start = time.perf_counter()
     got = measure_modules(modules, threads, repetitions=repetitions, rounds=rounds, progress=progress)
-    entries = {k: {"median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "p90_ms": m.p90_ms, "repetitions": m.repetitions}
-               for k, m in got.items() if k in keys}
-    table = LatencyTable(space, conditions(threads, repetitions, rounds), entries, got[call_key].median_ms)
-    measured = [got[f"child:{i}"].median_ms for i in range(len(calib) + len(check))]
-    raw = [table.raw_ms(a) for a in calib]
-    table.scale, table.offset_ms = fit_line(raw, measured[: len(calib)]) if calibrate >= 3 else (1.0, 0.0)
-    table.calibration = {"fitted_on": len(calib), "seed": seed, "fit_errors": error_summary(
-        [table.predict_ms(a) for a in calib], measured[: len(calib)]), "build_seconds": round(time.perf_counter() - start, 1)}
+    table = LatencyTable(space, conditions(threads, repetitions, rounds), {k: got[k].to_dict() for k in keys},
+                         got[call_key].to_dict(), statistic=statistic)
+    children = [got[f"child:{i}"].to_dict() for i in range(len(calib) + len(check))]
+    table.calibration = {"seed": seed, "build_seconds": round(time.perf_counter() - start, 1),
+                         "calibration_children": [{"arch": a.model_dump(), **m} for a, m in zip(calib, children)],
+                         "validation_children": [{"arch": a.model_dump(), **m}
+                                                 for a, m in zip(check, children[len(calib):])]}
+    return refit(table, statistic)
+
+
+def refit(table: LatencyTable, statistic: str) -> LatencyTable:
+    """Changes `table` in place (and returns it): predictions use `statistic`, the correction is fitted again on
+    the calibration children and checked on the validation children, all from the stored measurements."""
+    table.statistic = statistic
+    key = f"{statistic}_ms"
+    calib = [(Arch.model_validate(c["arch"]), c[key]) for c in table.calibration["calibration_children"]]
+    check = [(Arch.model_validate(c["arch"]), c[key]) for c in table.calibration["validation_children"]]
+    table.scale, table.offset_ms = 1.0, 0.0
+    if len(calib) >= 3:
+        table.scale, table.offset_ms = fit_line([table.raw_ms(a) for a, _ in calib], [m for _, m in calib])
+    table.calibration["fitted_on"] = len(calib)
+    if calib:
+        table.calibration["fit_errors"] = error_summary([table.predict_ms(a) for a, _ in calib], [m for _, m in calib])
     if check:
         table.calibration["validation"] = {
-            **error_summary([table.predict_ms(a) for a in check], measured[len(calib):]),
-            "measured_ms": measured[len(calib):], "predicted_ms": [table.predict_ms(a) for a in check],
-            "archs": [a.model_dump() for a in check], "timed": "in the same interleaved rounds as the parts"}
+            **error_summary([table.predict_ms(a) for a, _ in check], [m for _, m in check]),
+            "statistic": statistic, "timed": "in the same interleaved rounds as the parts"}
     return table
