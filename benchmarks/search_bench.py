@@ -116,9 +116,9 @@ def search_part(target_ms: float | None) -> dict:
         target_ms = round((table.predict_ms(space.largest()) + table.predict_ms(space.smallest())) / 2, 3)
     data = _data(space)
     res = run_search(WORK / "supernet", table, data, target_ms, WORK / "search", confirm=3, threads=1,
-                     evolution=EvolutionConfig(population=12, generations=4, seed=0), val_samples=VAL_SAMPLES)
+                     evolution=EvolutionConfig(population=10, generations=3, seed=0), val_samples=VAL_SAMPLES)
     front = run_search(WORK / "supernet", table, data, target_ms, WORK / "pareto", pareto=True, threads=1,
-                       evolution=EvolutionConfig(population=12, generations=4, seed=0), val_samples=VAL_SAMPLES)
+                       evolution=EvolutionConfig(population=10, generations=3, seed=0), val_samples=VAL_SAMPLES)
     return {"environment": environment(1), "target_ms": target_ms, "evaluated": res["evaluated"],
             "winner": res["winners"][0], "confirmed": res["confirmed"], "pareto_front": front["confirmed"]}
 
