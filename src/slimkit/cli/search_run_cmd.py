@@ -110,7 +110,7 @@ def run(
     save_resolved_args(out, "search run", args)
     for row in result["winners"]:
         console().print(f"top-1 {row['accuracy']:.4f}  predicted {row['predicted_ms']:.3f} ms  measured "
-                        f"{row['measured_ms']:.3f} ms ({row['prediction_error']:+.1%})  -> {row['model_dir']}")
+                        f"{row['measured_ms']:.3f} ms {row['statistic']} ({row['prediction_error']:+.1%})  -> {row['model_dir']}")
 
 
 def _train_info(run_dir: Path) -> dict:

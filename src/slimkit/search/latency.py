@@ -24,7 +24,8 @@ from slimkit.errors import BadInputError
 from slimkit.search.child import ChildNet, MBBlock, _conv_bn, child_spec
 from slimkit.search.space import Arch, SearchSpace
 
-__all__ = ["space_parts", "arch_parts", "part_module", "measure_modules", "measure_archs", "condition_mismatches",
+__all__ = ["space_parts", "arch_parts", "part_module", "measure_modules", "measure_archs", "measure_children",
+           "condition_mismatches",
            "error_summary", "fit_line"]
 
 log = logging.getLogger(__name__)
@@ -161,16 +162,20 @@ def condition_mismatches(stored: dict[str, Any], threads: int | None = None) -> 
             for k in ("cpu", "avx512", "vnni", "threads", "onnxruntime") if stored.get(k) != here[k]]
 
 
-def measure_archs(space: SearchSpace, archs: Iterable[Arch], threads: int, statistic: str = "median",
-                  **kw: Any) -> list[float]:
-    """Measured latency (ms; median or min per call) of whole children (random weights: latency does not
-    depend on them)."""
+def measure_children(space: SearchSpace, archs: Iterable[Arch], threads: int, **kw: Any) -> list[Measured]:
+    """Whole children exported and timed together (random weights: latency does not depend on them)."""
     archs = list(archs)
     torch.manual_seed(0)
     mods = {str(i): (ChildNet(child_spec(space, a)), (space.in_chans, a.resolution, a.resolution))
             for i, a in enumerate(archs)}
     got = measure_modules(mods, threads, **kw)
-    return [getattr(got[str(i)], f"{statistic}_ms") for i in range(len(archs))]
+    return [got[str(i)] for i in range(len(archs))]
+
+
+def measure_archs(space: SearchSpace, archs: Iterable[Arch], threads: int, statistic: str = "median",
+                  **kw: Any) -> list[float]:
+    """Measured latency (ms; median or min per call) of whole children."""
+    return [getattr(m, f"{statistic}_ms") for m in measure_children(space, archs, threads, **kw)]
 
 
 def calibration_archs(space: SearchSpace, n: int, seed: int) -> list[Arch]:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from slimkit.errors import BadInputError
 from slimkit.search.evaluate import ChildEvaluator, save_child
 from slimkit.search.evolution import REWARDS, Candidate, EvolutionConfig, evolve, pareto_front
-from slimkit.search.latency import measure_archs
+from slimkit.search.latency import measure_children
 from slimkit.search.table import LatencyTable
 from slimkit.search.train import load_supernet
 
@@ -24,11 +24,15 @@ RESULTS_FILE = "search.json"
 def _confirm(table: LatencyTable, chosen: list[Candidate], threads: int, target: float, reward: str,
              w: float) -> list[dict[str, Any]]:
     """Measure the chosen children now (exported, ONNX Runtime, interleaved) next to their predictions."""
-    measured = measure_archs(table.space, [c.arch for c in chosen], threads)
+    timings = measure_children(table.space, [c.arch for c in chosen], threads)
     score = REWARDS.get(reward)
-    return [{**c.to_dict(), "measured_ms": m, "prediction_error": c.latency_ms / m - 1.0,
-             "measured_reward": score(c.accuracy, m, target, w), "meets_target": m <= target}
-            for c, m in zip(chosen, measured)]
+    rows = []
+    for c, t in zip(chosen, timings):
+        m = getattr(t, f"{table.statistic}_ms")  # the statistic the table predicts
+        rows.append({**c.to_dict(), "measured_ms": m, "statistic": table.statistic, "measured_median_ms": t.median_ms,
+                     "measured_min_ms": t.min_ms, "prediction_error": c.latency_ms / m - 1.0,
+                     "measured_reward": score(c.accuracy, m, target, w), "meets_target": m <= target})
+    return rows
 
 
 def run_search(run_dir: str | Path, table: LatencyTable, data: Any, target_ms: float, out: str | Path, *,
