@@ -27,7 +27,10 @@ def environment(threads: int) -> dict[str, Any]:
         pass
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
                 if line.startswith("model name")), platform.processor())
+    from slimkit.utils.cpu import int8_path
+
     return {"cpu": cpu, "avx512_vnni": "avx512_vnni" in flags.split(), "avx2": "avx2" in flags.split(),
+            "int8_path": int8_path(),
             "cpu_count": os.cpu_count(), "threads": threads, "load_average_1min": os.getloadavg()[0],
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "onnxruntime": onnxruntime.__version__, "commit": _commit()}

@@ -58,6 +58,13 @@ def test_cli_quantize_writes_models_and_report(tmp_path, monkeypatch, capsys, mo
     args = json.loads((out / "args.json").read_text())
     assert args["command"] == "quantize" and args["args"]["config"]["calib_samples"] == 64
     assert "latency (ORT" in printed and "accuracy (top-1" in printed
+    # the weight format of this machine's int8 path, and ORT's int8 ops exact against int32 arithmetic
+    from slimkit.compress.quantize.int8_format import choose_format
+    from slimkit.utils.cpu import int8_path
+
+    assert report["int8_format"]["weights"] == choose_format().weights and report["settings"]["weights"] == choose_format().weights
+    assert report["int8_check"]["passed"] and report["int8_check"]["ops_checked"] >= 1
+    assert report["environment"]["int8_path"] == int8_path() and "int8 weights:" in printed
     if report["slower_than_fp32"]:
         assert "SLOWER" in printed
 
@@ -70,6 +77,8 @@ def test_cli_quantize_bad_input_exits_2_and_writes_nothing(tmp_path, monkeypatch
     assert "invalid quantize option" in capsys.readouterr().err
     assert run_cli_code(monkeypatch, "quantize", model_file, "--calib-data", "nope", "--out", out) == 2
     assert "unknown data source" in capsys.readouterr().err
+    assert run_cli_code(monkeypatch, "quantize", model_file, "--target-cpu", "pentium", "--out", out) == 2
+    assert "invalid quantize option" in capsys.readouterr().err
     (tmp_path / "cfg.yaml").write_text("kind: qat\nepochs: -1\n")  # qat and codebook configs are accepted when valid
     assert run_cli_code(monkeypatch, "quantize", model_file, "--config", tmp_path / "cfg.yaml", "--out", out) == 2
     assert "invalid qat config" in capsys.readouterr().err

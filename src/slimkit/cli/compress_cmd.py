@@ -26,6 +26,9 @@ def compress_command(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run after its last completed step"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory"),
     trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code"),
+    target_cpu: Optional[str] = typer.Option(None, "--target-cpu", help="CPU the int8 model ships to: auto | x86-vnni | "
+                                             "x86-avx2 (7-bit weights: no int16 saturation) | arm64 (default: the "
+                                             "recipe's, else auto = this machine)"),
 ) -> None:
     """Compress MODEL toward a budget with a recipe; writes a deployable model and an honest report."""
     from slimkit.compress.budget import parse_budget
@@ -35,6 +38,8 @@ def compress_command(
 
     size = parse_input_size(input_size)
     chosen = load_recipe(recipe).override(list(override))
+    if target_cpu is not None:
+        chosen = chosen.with_target_cpu(target_cpu)
     if budget is not None:
         parse_budget(budget)
     con = console()
@@ -48,7 +53,8 @@ def compress_command(
                           resume=resume, overwrite=overwrite, say=say)
     save_resolved_args(out, "compress", {"model": model, "recipe": chosen.model_dump(), "data": data,
                                          "budget": report["budget"], "input_size": size, "train_samples": train_samples,
-                                         "val_samples": val_samples, "threads": threads, "seed": seed})
+                                         "val_samples": val_samples, "threads": threads, "seed": seed,
+                                         "target_cpu": target_cpu})
     _print_summary(report, out)
 
 

@@ -18,7 +18,7 @@ SWITCH = "auto|on|off"
 
 
 def _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop, no_max_drop, equalize,
-            bias_correction, no_speed_guard, exclude, relu6="skip"):
+            bias_correction, no_speed_guard, exclude, relu6="skip", target_cpu="auto", weight_format="auto"):
     from slimkit.compress.quantize.config import PTQConfig, load_config
     from slimkit.errors import BadInputError
 
@@ -28,7 +28,7 @@ def _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop,
         return PTQConfig(method=method, per_channel=not per_tensor, symmetric_activations=symmetric,
                          calib_samples=calib_samples, max_drop=None if no_max_drop else max_drop, equalize=equalize,
                          bias_correction=bias_correction, relu6=relu6, speed_guard=not no_speed_guard,
-                         exclude=list(exclude or []))
+                         exclude=list(exclude or []), target_cpu=target_cpu, weight_format=weight_format)
     except ValueError as exc:  # pydantic's ValidationError
         raise BadInputError(f"invalid quantize option: {str(exc).splitlines()[-2].strip() if len(str(exc).splitlines()) > 1 else exc}") from exc
 
@@ -81,6 +81,10 @@ def quantize(
     train_samples: Optional[int] = typer.Option(None, "--train-samples", min=1,
                                                 help="--qat / --codebook: training images (default: all)"),
     trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code"),
+    target_cpu: str = typer.Option("auto", "--target-cpu", help="CPU the int8 model ships to: auto (this machine) | "
+                                   "x86-vnni | x86-avx2 (7-bit weights: no int16 saturation) | arm64"),
+    weight_format: str = typer.Option("auto", "--weight-format", help="int8 weights: auto (s7 where the target "
+                                      "saturates) | s8 | s7"),
 ) -> None:
     """Static int8 (QDQ, ONNX Runtime): verified export, accuracy limit, speed guard, report."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -94,9 +98,9 @@ def quantize(
     import torch
 
     torch.set_num_threads(max(1, threads))
-    trained = _trained_config(qat, codebook, epochs, lr, distill_alpha, bits, groups)
+    trained = _trained_config(qat, codebook, epochs, lr, distill_alpha, bits, groups, target_cpu, weight_format)
     cfg = trained or _config(config_file, method, per_tensor, symmetric, calib_samples, max_drop, no_max_drop,
-                             equalize, bias_correction, no_speed_guard, exclude, relu6)
+                             equalize, bias_correction, no_speed_guard, exclude, relu6, target_cpu, weight_format)
     net, info = load_model(model, trust_code=trust_code)
     size = parse_input_size(input_size) or tuple(info.input_size)
     norm_mean, norm_std = _floats(mean, "--mean") or info.mean, _floats(std, "--std") or info.std
@@ -125,15 +129,18 @@ def quantize(
     _print(con, out, report)
 
 
-def _trained_config(qat: bool, codebook: bool, epochs, lr, distill_alpha, bits, groups):
+def _trained_config(qat: bool, codebook: bool, epochs, lr, distill_alpha, bits, groups, target_cpu="auto",
+                    weight_format="auto"):
     """The QATConfig or CodebookConfig of --qat / --codebook and their options (None for PTQ)."""
     from slimkit.compress.quantize.config import CodebookConfig, QATConfig
     from slimkit.errors import BadInputError
 
     options = {"epochs": epochs, "lr": lr, "distill_alpha": distill_alpha, "bits": bits, "groups": groups}
+    if (qat or codebook) and (target_cpu != "auto" or weight_format != "auto"):  # "auto": the default, not given
+        options.update(target_cpu=target_cpu, weight_format=weight_format)
     if qat and codebook:
         raise BadInputError("give --qat or --codebook, not both")
-    flag, cls, allowed = (("--qat", QATConfig, {"epochs", "lr", "distill_alpha"}) if qat else
+    flag, cls, allowed = (("--qat", QATConfig, {"epochs", "lr", "distill_alpha", "target_cpu", "weight_format"}) if qat else
                           ("--codebook", CodebookConfig, {"epochs", "lr", "bits", "groups"}) if codebook else
                           ("static int8", None, set()))
     wrong = [k for k, v in options.items() if v is not None and k not in allowed]
@@ -168,6 +175,9 @@ def _quantize_trained(net, info, cfg, data_spec, size, mean, std, train_samples,
                   f"{a['quantized']:.2f}%{extra}", highlight=False, soft_wrap=True)
     sizes = "; ".join(f"{k} {v / 1e3:.1f} KB" for k, v in r["size_bytes"].items())
     con.print(f"size: {sizes}", highlight=False, soft_wrap=True)
+    _print_int8_format(con, r)
+    for w in r.get("warnings", []):
+        con.print(f"[bold red]{w}[/bold red]", soft_wrap=True)
 
 
 def _print(con, out: Path, r: dict) -> None:
@@ -184,8 +194,20 @@ def _print(con, out: Path, r: dict) -> None:
                   f"(drop {a['drop']:.2f}, limit {a['max_drop']})", highlight=False, soft_wrap=True)
     con.print(f"size: fp32 {size['fp32'] / 1e6:.2f} MB, int8 {size['int8'] / 1e6:.2f} MB; "
               f"{len(r['float_nodes'])} node(s) kept float", highlight=False, soft_wrap=True)
+    _print_int8_format(con, r)
     for w in r["warnings"]:
         con.print(f"[bold red]{w}[/bold red]", soft_wrap=True)
+
+
+def _print_int8_format(con, r: dict) -> None:
+    fmt, check = r.get("int8_format"), r.get("int8_check") or (r.get("export") or {}).get("int8_check")
+    if fmt:
+        con.print(f"int8 weights: {fmt['weights']} (target {fmt['target_cpu']}: {fmt['why']})", highlight=False,
+                  soft_wrap=True)
+    if check and check["passed"]:
+        con.print(f"exact int8 check: {check['ops_checked']} int8 op(s) of ONNX Runtime on {check['int8_path']} "
+                  f"match int32 arithmetic (worst {check['max_steps']:.2f} step, {check['images']} images)",
+                  highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -46,10 +46,12 @@ def measure_int8_size(model: nn.Module, input_size, calib_x: np.ndarray) -> dict
 
 
 def _build_int8(model: nn.Module, input_size, calib_x: np.ndarray, tmp: Path) -> tuple[Path, Path]:
+    from slimkit.compress.quantize.int8_format import choose_format
     from slimkit.compress.quantize.ptq import QuantSettings, prepare_fp32, quantize_static_qdq
     from slimkit.deploy.onnx_export import export_onnx
 
     src = tmp / "fp32.onnx"
     export_onnx(model, input_size, src)
     fp32 = prepare_fp32(src, tmp / "pre.onnx")
-    return src, quantize_static_qdq(fp32, tmp / "int8.onnx", calib_x.astype(np.float32), QuantSettings())
+    weights = choose_format().weights  # this machine times it: the format it would get
+    return src, quantize_static_qdq(fp32, tmp / "int8.onnx", calib_x.astype(np.float32), QuantSettings(weights=weights))

@@ -97,6 +97,19 @@ class Recipe(BaseModel):
         return _validate(data, f"recipe {self.name!r} with overrides")
 
 
+    def with_target_cpu(self, target: str) -> "Recipe":
+        """A new recipe whose int8 steps (quantize of kind ptq or qat) build for `target` (see slimkit.utils.cpu)."""
+        from slimkit.utils.cpu import TARGET_CPUS
+
+        if target not in TARGET_CPUS:
+            raise BadInputError(f"unknown --target-cpu {target!r}; choose {', '.join(TARGET_CPUS)}")
+        data = self.model_dump()
+        for step in data["steps"]:
+            if step["type"] == "quantize" and step["params"].get("kind", "ptq") in ("ptq", "qat"):
+                step["params"]["target_cpu"] = target
+        return _validate(data, f"recipe {self.name!r} for target CPU {target}")
+
+
 def _validate(data: Any, where: str) -> Recipe:
     if not isinstance(data, dict):
         raise BadInputError(f"{where} is not a mapping")

@@ -76,6 +76,7 @@ class ExportReport:
     output_names: list[str]
     check: ParityCheck
     timings_s: dict[str, float] = field(default_factory=dict)
+    int8_check: dict[str, Any] | None = None  # int8 models: ORT's int8 ops vs exact int32 (quantize.int8_check)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -45,6 +45,10 @@ def _summary_table(p: Profile):
                            for r in p.latency_ms if r != fastest)
         table.add_row("fastest runtime", f"{fastest} (the others, time relative to it: {ratios}; interleaved, "
                       f"batch {p.batch}, {p.throughput.get('threads')} thread(s))")
+    path = p.environment.get("int8_path")
+    if path:
+        table.add_row("int8 path", f"{path}" + ("  (u8*s8 pair sums saturate int16: slimkit quantizes weights to 7 bits)"
+                                                 if path == "x86-avx2" else "  (exact int32 accumulation)"))
     if p.throughput.get("matmul_ceiling_gmacs"):
         table.add_row("conditions", f"{p.throughput['threads']} threads; matmul ceiling "
                       f"{p.throughput['matmul_ceiling_gmacs']:.1f} GMAC/s (best fp32 square matmul, same run)")

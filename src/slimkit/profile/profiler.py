@@ -107,8 +107,11 @@ def _environment(threads: int) -> dict[str, Any]:
     import onnxruntime
     import torchvision
 
+    from slimkit.utils.cpu import int8_path
+
     return {
         "cpu": _cpu_name(),
+        "int8_path": int8_path(),  # x86-vnni | x86-avx2 (int8 pair sums can saturate) | arm64-dotprod | arm64
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "python": platform.python_version(),

@@ -126,23 +126,29 @@ def _accuracy_pair(float_model: nn.Module, new_model: nn.Module, val) -> dict[st
 def quantize_with_qat(model: nn.Module, config: QATConfig, *, data: Any, input_size, out_dir: Path,
                       teacher: nn.Module | None = None, seed: int = 0, **_: Any) -> QuantizedModel:
     """Fake-quant training through engine.fit (distilling from the float model), exported as int8 QDQ ONNX."""
+    from slimkit.compress.quantize.int8_format import choose_format
     from slimkit.compress.quantize.ort_eval import accuracy
     from slimkit.compress.quantize.qat import export_qat_onnx, prepare_qat, qat_finetune
+    from slimkit.profile.profiler import _environment
     from slimkit.utils.io import atomic_dir, atomic_write_json
 
     train = _labelled(data, "train")
     if train is None:
         raise BadInputError("QAT trains: pass data (a DataBundle or (inputs, labels) tensors)")
+    fmt = choose_format(config.target_cpu, config.weight_format)
     qmodel = prepare_qat(model, config)
     history = qat_finetune(qmodel, train[0], train[1], config, teacher=teacher or model, seed=seed)
     val = _labelled(data, "val")
     with atomic_dir(out_dir) as tmp:
-        export = export_qat_onnx(qmodel, input_size, tmp / "model.int8.onnx")
+        export = export_qat_onnx(qmodel, input_size, tmp / "model.int8.onnx", fmt=fmt, check_inputs=train[0][:8])
         acc = _accuracy_pair(model, qmodel, val)
         if acc is not None:
             acc["int8_onnxruntime"] = accuracy(tmp / "model.int8.onnx", val[0].numpy(), val[1].numpy())
         report = {"format": "slimkit-quantize", "kind": "qat", "version": 1, "input_size": list(input_size),
                   "config": config.model_dump(), "history": history, "accuracy": acc, "export": export.to_dict(),
+                  "int8_format": fmt.to_dict(),
+                  "warnings": [w for w in [(export.int8_check or {}).get("warning")] if w],
+                  "environment": _environment(torch.get_num_threads()),
                   "size_bytes": {"int8": (tmp / "model.int8.onnx").stat().st_size}}
         atomic_write_json(tmp / "report.json", report)
     return QuantizedModel("qat", qmodel, report, out_dir, {"int8_onnx": out_dir / "model.int8.onnx"})

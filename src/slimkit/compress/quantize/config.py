@@ -14,6 +14,8 @@ __all__ = ["PTQConfig", "QATConfig", "CodebookConfig", "load_config", "CALIB_MET
 
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 Switch = Literal["auto", "on", "off"]
+TargetCpu = Literal["auto", "x86-vnni", "x86-avx2", "arm64"]  # see slimkit.utils.cpu
+WeightFormat = Literal["auto", "s8", "s7"]  # auto: s7 where the target can saturate (x86 without VNNI)
 
 
 class _Config(BaseModel):
@@ -47,6 +49,8 @@ class PTQConfig(_Config):
     speed_guard: bool = True
     export_atol: float = Field(1e-4, gt=0.0, le=0.1)  # fp32 export parity tolerance, relative to max(1, output scale)
     exclude: list[str] = Field(default_factory=list)  # ONNX node names kept in float by the user
+    target_cpu: TargetCpu = "auto"  # the CPU the model ships to (auto: this machine)
+    weight_format: WeightFormat = "auto"
 
 
 class QATConfig(_Config):
@@ -61,6 +65,8 @@ class QATConfig(_Config):
     batch_size: int = Field(64, ge=1)
     distill_alpha: float = Field(0.0, ge=0.0, le=1.0)  # weight of the KD loss from the float teacher
     temperature: float = Field(4.0, gt=0.0)
+    target_cpu: TargetCpu = "auto"
+    weight_format: WeightFormat = "auto"
 
 
 class CodebookConfig(_Config):

@@ -19,6 +19,7 @@ import torch.nn as nn
 from slimkit.compress.quantize.calib import QuantData
 from slimkit.compress.quantize.config import PTQConfig
 from slimkit.compress.quantize.graph import OnnxGraph
+from slimkit.compress.quantize.int8_format import choose_format
 from slimkit.compress.quantize.ort_eval import accuracy
 from slimkit.compress.quantize.ptq import Int8Builder, QuantSettings, prepare_fp32
 from slimkit.compress.quantize.speed_guard import (LatencyFn, OrtLatency, SpeedGuardResult, final_check, speed_groups,
@@ -110,8 +111,9 @@ def quantize_ptq(
         fp32_report = export_onnx(model, input_size, tmp / "model.onnx", check_inputs=check, atol=config.export_atol)
         fp32_path = tmp / "model.onnx"
         sources = _Sources(model, input_size, data, config, work)
+        fmt = choose_format(config.target_cpu, config.weight_format)
         settings = QuantSettings(config.method, config.per_channel, config.symmetric_activations, config.percentile,
-                                 frozenset(config.exclude))
+                                 frozenset(config.exclude), weights=fmt.weights)
         float_nodes = {n: "user: --exclude" for n in config.exclude}
         evaluate = (lambda p: accuracy(p, data.val_x, data.val_y)) if data.labelled else None
         say("calibrating and quantizing to int8 (QDQ)")
@@ -138,15 +140,26 @@ def quantize_ptq(
             say("final timing: fp32 vs int8, interleaved")
             guard = final_check(final_latency, fp32_path, SpeedGuardResult(settings, sources.build(settings)))
         shutil.copyfile(guard.path, tmp / "model.int8.onnx")
+        say("exact int8 check: ONNX Runtime's int8 ops against int32 arithmetic")
+        extra["int8_check"] = _exact_check(tmp / "model.int8.onnx", data, fmt)
         if acc is not None:
             acc["int8"] = evaluate(tmp / "model.int8.onnx")
         fp32_report.path = str(out_dir / "model.onnx")
+        extra["int8_format"] = fmt.to_dict()
         report = _report(input_size, data, config, fp32_report, sources, settings, float_nodes, acc, guard,
                          final_latency, tmp, extra)
         report.update(extra_report or {})
         atomic_write_json(tmp / "report.json", report)
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _exact_check(path: Path, data: QuantData, fmt) -> dict:
+    """The int8 model's ops against exact int32 arithmetic on calibration images (Int8CheckError if saturated)."""
+    from slimkit.compress.quantize.int8_check import enforce_exact, int8_exact_check
+
+    check = int8_exact_check(path, data.calib_x[:8])
+    return {**check.to_dict(), "warning": enforce_exact(check, fmt)}
 
 
 def _mixed_precision(sources, settings, data, acc, config, say):
@@ -215,9 +228,11 @@ def _report(input_size, data, config, fp32_report, sources, settings, float_node
             latency, tmp, extra) -> dict:
     import onnx
 
+    from slimkit.profile.profiler import _environment
+
     int8_graph = onnx.load(str(tmp / "model.int8.onnx"))
     ops = [n.op_type for n in int8_graph.graph.node]
-    warnings = [guard.warning] if guard.warning else []
+    warnings = [w for w in (guard.warning, extra.get("int8_check", {}).get("warning")) if w]
     if acc is not None:
         acc["drop"] = acc["fp32"] - acc["int8"]
         acc.update(val_samples=len(data.val_x), max_drop=config.max_drop,
@@ -244,5 +259,6 @@ def _report(input_size, data, config, fp32_report, sources, settings, float_node
         "preprocess": sources.notes,
         "export": fp32_report.to_dict(),
         "warnings": warnings,
+        "environment": _environment(conditions.get("threads", 1)),
         **extra,
     }

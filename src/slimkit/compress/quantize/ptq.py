@@ -35,6 +35,7 @@ class QuantSettings:
     percentile: float = 99.999
     exclude: frozenset[str] = field(default_factory=frozenset)  # node names kept float
     only: frozenset[str] = field(default_factory=frozenset)  # if set: quantize just these nodes
+    weights: str = "s8"  # s8 | s7: 7-bit weights for x86 without VNNI (see int8_format)
 
     def with_exclude(self, names: Iterable[str]) -> "QuantSettings":
         return replace(self, exclude=frozenset(self.exclude) | frozenset(names))
@@ -50,7 +51,8 @@ class QuantSettings:
 
     def describe(self) -> dict:
         return {"method": self.method, "per_channel": self.per_channel,
-                "symmetric_activations": self.symmetric_activations, "excluded": len(self.exclude)}
+                "symmetric_activations": self.symmetric_activations, "excluded": len(self.exclude),
+                "weights": self.weights}
 
 
 def _ort_method(name: str):
@@ -113,7 +115,7 @@ def quantize_static_qdq(
     *,
     cache_path: str | Path | None = None,
 ) -> Path:
-    """Write a QDQ int8 model of `fp32_path` to `out_path` (weights int8, activations (u)int8)."""
+    """Write a QDQ int8 model of `fp32_path` to `out_path` (weights int8 or 7-bit, activations (u)int8)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     act = QuantType.QInt8 if settings.symmetric_activations else QuantType.QUInt8
@@ -127,7 +129,7 @@ def quantize_static_qdq(
             str(fp32_path), str(out_path), None, quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
             activation_type=act, weight_type=QuantType.QInt8, calibrate_method=_ort_method(settings.method),
             nodes_to_exclude=sorted(settings.exclude), nodes_to_quantize=sorted(settings.only),
-            extra_options=extra, calibration_cache_path=str(cache_path),
+            reduce_range=settings.weights == "s7", extra_options=extra, calibration_cache_path=str(cache_path),
         )
     return Path(out_path)
 

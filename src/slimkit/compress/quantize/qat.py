@@ -3,7 +3,7 @@
 Every Conv2d / Linear becomes a `QuantLayer`: its input goes through an activation fake-quant (uint8,
 asymmetric, per tensor; range observed by EMA or learned by gradient through the clipping bounds, as in
 PACT) and its weight through a per-channel symmetric int8 fake-quant (scale max|w|/127, the same rounding
-ONNX Runtime's static quantizer uses). Gradients pass the rounding straight through. Batch norms are
+ONNX Runtime's static quantizer uses; max|w|/64 for 7-bit weights on x86 without VNNI, see int8_format). Gradients pass the rounding straight through. Batch norms are
 folded first, so the weights being trained are the ones that get quantized.
 Optional distillation ("Model compression via distillation and quantization", Polino et al. 2018): the
 float model is the teacher and the loss mixes cross-entropy with a temperature-softened KL term.
@@ -92,16 +92,17 @@ class ActFakeQuant(nn.Module):
 class QuantLayer(nn.Module):
     """A Conv2d/Linear whose input and weight are fake-quantized."""
 
-    def __init__(self, layer: nn.Module, config: QATConfig):
+    def __init__(self, layer: nn.Module, config: QATConfig, qmax: int = 127):
         super().__init__()
         self.layer = layer
         self.act = ActFakeQuant(config.activation_range, config.ema_decay)
+        self.qmax = qmax  # 127 (s8) or 64 (s7: no int16 saturation on x86 without VNNI)
         self.register_buffer("w_scale", None)  # frozen per-channel scale for export
 
     def weight_scale(self) -> torch.Tensor:
         if self.w_scale is not None and not self.training:
             return self.w_scale
-        return (self.layer.weight.detach().abs().flatten(1).amax(1) / 127.0).clamp_min(1e-12).float()
+        return (self.layer.weight.detach().abs().flatten(1).amax(1) / self.qmax).clamp_min(1e-12).float()
 
     def freeze_(self) -> None:
         self.w_scale = self.weight_scale().clone()
@@ -110,6 +111,8 @@ class QuantLayer(nn.Module):
         x = self.act(x)
         w = self.layer.weight
         zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+        # The scale maps max|w| to qmax, so values stay in [-qmax, qmax]; the int8 bounds are the only ones
+        # torch's ONNX exporter accepts.
         wq = torch.fake_quantize_per_channel_affine(w, self.weight_scale(), zero, 0, -128, 127)
         if self.training:
             wq = w + (wq - w).detach()
@@ -125,7 +128,10 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def prepare_qat(model: nn.Module, config: QATConfig | None = None) -> nn.Module:
     """A new model with batch norms folded and every Conv2d/Linear wrapped in a QuantLayer."""
+    from slimkit.compress.quantize.int8_format import choose_format
+
     config = config or QATConfig()
+    qmax = choose_format(config.target_cpu, config.weight_format).qmax
     qmodel = copy.deepcopy(model).eval()
     for _, bn_name in fold_batchnorm_(qmodel):
         bn = qmodel.get_submodule(bn_name)
@@ -133,7 +139,7 @@ def prepare_qat(model: nn.Module, config: QATConfig | None = None) -> nn.Module:
         _replace(qmodel, bn_name, getattr(bn, "act", None) or nn.Identity())
     targets = [n for n, m in qmodel.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for name in targets:
-        _replace(qmodel, name, QuantLayer(qmodel.get_submodule(name), config))
+        _replace(qmodel, name, QuantLayer(qmodel.get_submodule(name), config, qmax))
     return qmodel
 
 
@@ -183,8 +189,17 @@ def qat_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: QAT
     return [record["train_loss"] for record in result.history]
 
 
-def export_qat_onnx(model: nn.Module, input_size: Sequence[int], path: str | os.PathLike, opset: int = 17):
-    """Export a QAT model to QDQ ONNX with int8 weights, verified against the PyTorch fake-quant model."""
+def export_qat_onnx(model: nn.Module, input_size: Sequence[int], path: str | os.PathLike, opset: int = 17,
+                    fmt=None, check_inputs: torch.Tensor | None = None):
+    """Export a QAT model to QDQ ONNX with int8 weights, verified against the PyTorch fake-quant model.
+
+    Two checks: ONNX Runtime's int8 ops against exact int32 arithmetic (int8_check, on `check_inputs` or
+    random images), then the whole output against PyTorch's float fake-quant within QAT_ATOL. `fmt`: the
+    WeightFormat the model was prepared with (default: the one for this machine). The report's `check`
+    is the float comparison; `int8_check` the exact one.
+    """
+    from slimkit.compress.quantize.int8_check import enforce_exact, int8_exact_check
+    from slimkit.compress.quantize.int8_format import choose_format
     from slimkit.compress.quantize.qdq_fold import fold_weight_quantize
     from slimkit.deploy.onnx_export import export_onnx, verify_onnx
 
@@ -197,7 +212,13 @@ def export_qat_onnx(model: nn.Module, input_size: Sequence[int], path: str | os.
     try:
         report = export_onnx(model, input_size, tmp, opset=opset, atol=QAT_ATOL)
         fold_weight_quantize(tmp, tmp)
-        report.check = verify_onnx(model, tmp, input_size, atol=QAT_ATOL)
+        x = check_inputs[:8] if check_inputs is not None else torch.randn(2, *input_size,
+                                                                           generator=torch.Generator().manual_seed(0))
+        exact = int8_exact_check(tmp, x.float().cpu().numpy())
+        warning = enforce_exact(exact, fmt or choose_format())
+        # Where only this machine saturates (building for another target), the float comparison cannot pass here.
+        report.check = verify_onnx(model, tmp, input_size, atol=QAT_ATOL, raise_on_fail=warning is None)
+        report.int8_check = {**exact.to_dict(), "warning": warning}
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
