@@ -135,13 +135,10 @@ def measure_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], 
 
 def _cpu() -> dict[str, Any]:
     from slimkit.profile.profiler import _cpu_name
+    from slimkit.utils.cpu import cpu_flags
 
-    flags = ""
-    try:
-        flags = next((ln for ln in open("/proc/cpuinfo", encoding="utf-8") if ln.startswith("flags")), "")
-    except OSError:
-        pass
-    return {"cpu": _cpu_name(), "avx512": "avx512f" in flags, "vnni": "avx512_vnni" in flags or "avx_vnni" in flags}
+    flags = cpu_flags()
+    return {"cpu": _cpu_name(), "avx512": "avx512f" in flags, "vnni": bool({"avx512_vnni", "avx_vnni"} & flags)}
 
 
 def conditions(threads: int, repetitions: int, rounds: int) -> dict[str, Any]:
