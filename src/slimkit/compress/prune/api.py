@@ -12,6 +12,7 @@ import torch.nn as nn
 from slimkit.compress.prune.adapters import analyse_model, classifier_layers, clear_caches
 from slimkit.compress.prune.config import PruneConfig
 from slimkit.compress.prune.criteria import Calibration, build_importance
+from slimkit.compress.prune.errors import internal_errors, operation
 from slimkit.compress.prune.measure import count_macs, count_params
 from slimkit.compress.prune.safety import locate_failure
 from slimkit.compress.prune.search import Trial, search_latency, search_structural
@@ -93,14 +94,22 @@ def prune_(
 
     Schedules, training on `data` and weight sparsity (see PruneConfig) run in prune.schedules.
     `allocator(plan, round_to)` may replace the configured allocation with any family of kept
-    counts indexed by a level in [0, max_layer_prune] (used by pruning at initialization)."""
+    counts indexed by a level in [0, max_layer_prune] (used by pruning at initialization).
+    Raises BadInputError for an unreachable target or an unprunable model, and PruneInternalError
+    (naming the module and the operation) for anything unexpected."""
+    with internal_errors(model):
+        return _prune(model, config, example_inputs, calib, data, progress, allocator)
+
+
+def _prune(model, config, example_inputs, calib, data, progress, allocator) -> PruneResult:
     if example_inputs is None or config.schedule != "oneshot" or config.epochs or config.unstructured:
         from slimkit.compress.prune.schedules import run_schedule
 
-        return run_schedule(model, config, example_inputs, calib, data=data, progress=progress)
+        with operation(f"running the {config.schedule} schedule"):
+            return run_schedule(model, config, example_inputs, calib, data=data, progress=progress)
     model.eval()
     x = example_inputs[:1].detach()
-    with torch.no_grad():
+    with operation("running the original model"), torch.no_grad():
         reference_out = model(x)
     clear_caches(model)
     out_shape = tuple(reference_out.shape)
@@ -111,10 +120,11 @@ def prune_(
     protected: list[str] = []
 
     def check(pruned: nn.Module) -> None:
-        bad, message = locate_failure(pruned, x)
+        with operation("running the pruned model"):
+            bad, message = locate_failure(pruned, x)
         if bad is not None:
             raise _Broken(_same_code(pruned, bad), message)
-        with torch.no_grad():
+        with operation("running the pruned model"), torch.no_grad():
             shape = tuple(pruned(x).shape)
         clear_caches(pruned)
         if shape != out_shape:
@@ -135,7 +145,8 @@ def prune_(
             protected.extend(names)
     else:
         raise BadInputError(f"pruning kept breaking the model's forward after protecting {', '.join(protected)}")
-    apply_plan(model, x, plan, best.keeps)
+    with operation("pruning the chosen channels"):
+        apply_plan(model, x, plan, best.keeps)
     check(model)
     after = {"macs": count_macs(model, x), "params": count_params(model)}
     return PruneResult(config.target, before, after, _achieved(config, best, after, before), best.level,

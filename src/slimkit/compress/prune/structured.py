@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from slimkit.compress.prune.adapters import ModelAdapters, analyse_model, clear_caches, fix_attributes
+from slimkit.compress.prune.errors import operation
 from slimkit.compress.prune.safety import ShapeRecorder, tolerant_index_mapping, unsafe_nodes, unsupported_convs
 
 __all__ = ["GroupPlan", "Plan", "plan_groups", "allocate", "apply_plan", "layer_stats"]
@@ -58,7 +59,8 @@ class _GroupScorer:
     expanded, so groups stop at them instead of exploding through a shuffle."""
 
     def __init__(self, model, example_inputs, importance, ignored_layers, num_heads, exempt) -> None:
-        with torch.enable_grad(), ShapeRecorder(model) as recorder, tolerant_index_mapping() as unmapped:
+        with operation("building the dependency graph"), torch.enable_grad(), ShapeRecorder(model) as recorder, \
+                tolerant_index_mapping() as unmapped:
             self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
         self.unsafe = unsafe_nodes(self.DG, recorder.records, exempt) + sorted(unmapped, key=id)
         for module in self.unsafe:
@@ -82,7 +84,7 @@ class _GroupScorer:
         return out_groups, in_groups
 
     def groups(self) -> list:
-        with tolerant_index_mapping():
+        with operation("expanding dependency groups"), tolerant_index_mapping():
             return list(self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=_ROOT_TYPES))
 
     def channel_groups(self, group) -> int:
@@ -140,7 +142,8 @@ def plan_groups(model, example_inputs, importance, classifier: list[nn.Module], 
         group = scorer.attention_root(group)
         if group is None:
             continue
-        plan = _score_group(scorer, group, names, stats, score_notes)
+        with operation("scoring channel groups"):
+            plan = _score_group(scorer, group, names, stats, score_notes)
         if plan is not None:
             groups.append(plan)
     clear_caches(model)
@@ -278,9 +281,12 @@ def apply_plan(model: nn.Module, example_inputs: torch.Tensor, plan: Plan, keeps
     """Prune `model` in place so group i keeps keeps[i] slots (highest scores survive)."""
     adapters = analyse_model(model)
     with torch.enable_grad(), tolerant_index_mapping():
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
-        _prune_groups(model, dg, plan, keeps)
-    fix_attributes(model, adapters)
+        with operation("building the dependency graph"):
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        with operation("pruning channel groups"):
+            _prune_groups(model, dg, plan, keeps)
+    with operation("updating module attributes"):
+        fix_attributes(model, adapters)
     return model
 
 

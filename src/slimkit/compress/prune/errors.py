@@ -1,0 +1,73 @@
+"""Internal failures of the pruner, turned into one named error instead of an escaping exception.
+
+Pruning runs third-party graph tracing (Torch-Pruning) over arbitrary model code, so an
+unexpected exception is always possible on a model nobody tried. `prune_` runs inside
+`internal_errors(model)`: anything that is not already a user-level SlimkitError becomes a
+PruneInternalError naming the operation (the innermost `operation(...)` block running) and the
+model's submodule it was handling (the innermost traceback frame holding one), keeping the
+original exception as its cause (shown with --debug).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch.nn as nn
+
+from slimkit.errors import SlimkitError
+
+__all__ = ["PruneInternalError", "internal_errors", "operation"]
+
+_OPERATION = "_slimkit_prune_operation"
+
+
+class PruneInternalError(SlimkitError):
+    """The pruner met something it could not handle (a bug or an unsupported construct): exit code 2."""
+
+    def __init__(self, operation: str, module: str, cause: BaseException) -> None:
+        detail = str(cause).strip().splitlines()
+        self.operation, self.module, self.cause_type = operation, module, type(cause).__name__
+        super().__init__(f"pruning could not handle module {module!r} while {operation}: "
+                         f"{type(cause).__name__}: {detail[0] if detail else ''} (an internal error; --debug shows it)")
+
+
+@contextlib.contextmanager
+def operation(what: str) -> Iterator[None]:
+    """Label the work inside (innermost label wins) for a PruneInternalError raised around it."""
+    try:
+        yield
+    except SlimkitError:
+        raise
+    except Exception as exc:
+        if not hasattr(exc, _OPERATION):
+            setattr(exc, _OPERATION, what)
+        raise
+
+
+@contextlib.contextmanager
+def internal_errors(model: nn.Module) -> Iterator[None]:
+    """Re-raise any non-SlimkitError exception as a PruneInternalError about `model`."""
+    try:
+        yield
+    except SlimkitError:
+        raise
+    except Exception as exc:
+        what = getattr(exc, _OPERATION, "pruning")
+        raise PruneInternalError(what, failing_module(model, exc), exc) from exc
+
+
+def failing_module(model: nn.Module, exc: BaseException) -> str:
+    """Name of the submodule of `model` that the innermost frame of `exc`'s traceback was handling
+    (a local variable holding the module, or a Torch-Pruning graph node of it); the model's class
+    name when no frame held one."""
+    names = {id(m): n for n, m in model.named_modules() if n}
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            candidate = getattr(value, "module", value)  # a Torch-Pruning Node carries its module
+            if isinstance(candidate, nn.Module) and id(candidate) in names:
+                found = names[id(candidate)]
+                break
+        tb = tb.tb_next
+    return found or type(model).__name__
