@@ -57,14 +57,17 @@ class ShapeRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        if first is not None:
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if tensors:
             outs = out if isinstance(out, (tuple, list)) else (out,)
             owner = self._stack[-1] if self._stack else None
             for o in outs:
                 if isinstance(o, torch.Tensor) and o.grad_fn is not None and o.grad_fn not in self.records:
                     name = getattr(func, "__name__", str(func))
-                    self.records[o.grad_fn] = OpRecord(name, tuple(first.shape), tuple(o.shape), owner)
+                    # A broadcast with a scalar or per-channel factor (`scale * x`, StarReLU) keeps x's
+                    # layout: the input of the output's shape is the one whose channels flow through.
+                    source = next((t for t in tensors if t.shape == o.shape), tensors[0])
+                    self.records[o.grad_fn] = OpRecord(name, tuple(source.shape), tuple(o.shape), owner)
         return out
 
 

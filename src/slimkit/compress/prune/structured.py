@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from slimkit.compress.prune.adapters import ModelAdapters, analyse_model, clear_caches, fix_attributes
 from slimkit.compress.prune.errors import operation
+from slimkit.compress.prune.pruners import dependency_graph
 from slimkit.compress.prune.safety import ShapeRecorder, tolerant_index_mapping, unsafe_nodes, unsupported_convs
 
 __all__ = ["GroupPlan", "Plan", "plan_groups", "allocate", "apply_plan", "layer_stats"]
@@ -61,7 +61,7 @@ class _GroupScorer:
     def __init__(self, model, example_inputs, importance, ignored_layers, num_heads, exempt) -> None:
         with operation("building the dependency graph"), torch.enable_grad(), ShapeRecorder(model) as recorder, \
                 tolerant_index_mapping() as unmapped:
-            self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            self.DG = dependency_graph(model, example_inputs)
         self.unsafe = unsafe_nodes(self.DG, recorder.records, exempt) + sorted(unmapped, key=id)
         for module in self.unsafe:
             self.DG.module2node[module].dependencies = []  # propagation stops here
@@ -282,7 +282,7 @@ def apply_plan(model: nn.Module, example_inputs: torch.Tensor, plan: Plan, keeps
     adapters = analyse_model(model)
     with torch.enable_grad(), tolerant_index_mapping():
         with operation("building the dependency graph"):
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            dg = dependency_graph(model, example_inputs)
         with operation("pruning channel groups"):
             _prune_groups(model, dg, plan, keeps)
     with operation("updating module attributes"):
