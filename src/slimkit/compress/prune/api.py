@@ -109,8 +109,11 @@ def _prune(model, config, example_inputs, calib, data, progress, allocator) -> P
             return run_schedule(model, config, example_inputs, calib, data=data, progress=progress)
     model.eval()
     x = example_inputs[:1].detach()
-    with operation("running the original model"), torch.no_grad():
-        reference_out = model(x)
+    try:
+        with torch.no_grad():
+            reference_out = model(x)
+    except Exception as exc:  # the user's model and input disagree: not a pruning failure
+        raise BadInputError(f"the model does not run on an input of shape {list(x.shape)}: {type(exc).__name__}: {exc}") from exc
     clear_caches(model)
     out_shape = tuple(reference_out.shape)
     classifier = classifier_layers(model, out_shape[-1])

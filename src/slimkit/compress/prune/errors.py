@@ -58,16 +58,30 @@ def internal_errors(model: nn.Module) -> Iterator[None]:
 
 
 def failing_module(model: nn.Module, exc: BaseException) -> str:
-    """Name of the submodule of `model` that the innermost frame of `exc`'s traceback was handling
-    (a local variable holding the module, or a Torch-Pruning graph node of it); the model's class
-    name when no frame held one."""
-    names = {id(m): n for n, m in model.named_modules() if n}
-    tb, found = exc.__traceback__, None
+    """Dotted name of the module the innermost traceback frame was handling (a local variable holding
+    it, or a Torch-Pruning graph node of it), in `model` or in a pruned copy another frame held;
+    the model's class name when no frame held one."""
+    held: list[nn.Module] = []  # outermost frame first
+    tb = exc.__traceback__
     while tb is not None:
-        for value in tb.tb_frame.f_locals.values():
-            candidate = getattr(value, "module", value)  # a Torch-Pruning Node carries its module
-            if isinstance(candidate, nn.Module) and id(candidate) in names:
-                found = names[id(candidate)]
-                break
+        for value in list(tb.tb_frame.f_locals.values()):
+            held.extend(_modules_in(value))
         tb = tb.tb_next
-    return found or type(model).__name__
+    roots = [model] + [m for m in held if next(m.children(), None) is not None]
+    tables = [{id(m): n for n, m in root.named_modules() if n} for root in dict.fromkeys(roots)]
+    for candidate in reversed(held):
+        for names in tables:
+            if id(candidate) in names:
+                return names[id(candidate)]
+    return type(model).__name__
+
+
+def _modules_in(value) -> list[nn.Module]:
+    """The module a frame variable stands for: itself, a Torch-Pruning Node's (`.module`) or
+    Dependency's (`.target.module`), or those in a tuple of arguments."""
+    if isinstance(value, tuple):
+        return [m for item in value[:8] if not isinstance(item, tuple) for m in _modules_in(item)]
+    for candidate in (value, getattr(value, "module", None), getattr(getattr(value, "target", None), "module", None)):
+        if isinstance(candidate, nn.Module):
+            return [candidate]
+    return []

@@ -71,39 +71,47 @@ class ShapeRecorder(TorchFunctionMode):
         return out
 
 
+_GUARDED_MAPPINGS = ("update_reshape_index_mapping", "update_concat_index_mapping", "update_expand_index_mapping",
+                     "update_slice_index_mapping", "update_unbind_index_mapping")
+
+
 @contextlib.contextmanager
 def tolerant_index_mapping(failed: set | None = None) -> Iterator[set]:
-    """Let Torch-Pruning skip reshapes whose index mapping it cannot compute (e.g. a channel
-    shuffle divides by zero there); the nodes it gave up on are collected in `failed` and are
-    then treated as unsafe, so their groups stay whole."""
+    """Let Torch-Pruning skip ops whose index mapping it cannot compute (a channel shuffle divides
+    by zero in its reshape mapping; a concat of inputs whose widths it cannot infer adds None in
+    CoaT); the nodes it gave up on are collected in `failed` and are then treated as unsafe, so
+    their groups stay whole."""
     from torch_pruning.dependency import index_mapping
 
     failed = set() if failed is None else failed
-    original, original_split = index_mapping.update_reshape_index_mapping, index_mapping.update_split_index_mapping
+    originals = {name: getattr(index_mapping, name) for name in _GUARDED_MAPPINGS + ("update_split_index_mapping",)}
 
-    def guarded(graph, node) -> None:
-        try:
-            original(graph, node)
-        except (ZeroDivisionError, IndexError, TypeError, ValueError):
-            failed.add(node.module)
+    def guard(original):
+        def guarded(graph, node) -> None:
+            try:
+                original(graph, node)
+            except (ZeroDivisionError, IndexError, TypeError, ValueError):
+                failed.add(node.module)
+        return guarded
 
     def split_in_piece_order(graph, node) -> None:
         sizes = getattr(node.module, "split_sizes", None)
         if sizes and all(isinstance(v, int) for v in sizes):  # its SplitPruner updates the sizes but not the offsets it maps with
             node.module.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         if _order_split_outputs(node):
-            original_split(graph, node)
+            originals["update_split_index_mapping"](graph, node)
         else:
             failed.add(node.module)
 
-    index_mapping.update_reshape_index_mapping = guarded
+    for name in _GUARDED_MAPPINGS:
+        setattr(index_mapping, name, guard(originals[name]))
     index_mapping.update_split_index_mapping = split_in_piece_order
     try:
         with _indexed_group_lookup():
             yield failed
     finally:
-        index_mapping.update_reshape_index_mapping = original
-        index_mapping.update_split_index_mapping = original_split
+        for name, fn in originals.items():
+            setattr(index_mapping, name, fn)
 
 
 def _order_split_outputs(node) -> bool:
