@@ -17,6 +17,7 @@ from slimkit.compress.prune.measure import count_macs, count_params
 from slimkit.compress.prune.safety import locate_failure
 from slimkit.compress.prune.search import Trial, search_latency, search_structural
 from slimkit.compress.prune.structured import Plan, allocate, apply_plan, layer_stats, plan_groups
+from slimkit.compress.prune.whole import kept_whole_summary
 from slimkit.errors import BadInputError
 
 __all__ = ["prune_", "PruneResult", "layer_widths", "kept_ratios"]
@@ -136,7 +137,8 @@ def _prune(model, config, example_inputs, calib, data, progress, allocator) -> P
     for _ in range(MAX_REPAIRS):
         plan = plan_groups(model, x, importance, classifier, list(config.ignore) + protected, analyse_model(model))
         if not plan.groups:
-            raise BadInputError("nothing in this model can be pruned safely (no prunable channel groups)")
+            raise BadInputError("nothing in this model can be pruned safely (no prunable channel groups): "
+                                + kept_whole_summary(plan, layer_stats(model, x)))
         try:
             best, trials = _search(model, x, plan, before, config, check, allocator)
             break
@@ -190,6 +192,6 @@ def _search(model, x, plan: Plan, before, config: PruneConfig, check, allocator=
     if abs(best.ratio / target.ratio - 1) > config.tolerance and not (target.kind == "latency" and best.ratio < target.ratio):
         raise BadInputError(
             f"target {target} is out of reach: the closest measured {target.kind} ratio was {best.ratio:.3f} "
-            f"(every layer keeps >= {1 - config.max_layer_prune:.0%}; protected parts stay whole)"
+            f"(every layer keeps >= {1 - config.max_layer_prune:.0%}; {kept_whole_summary(plan, layer_stats(model, x))})"
         )
     return best, trials

@@ -20,6 +20,7 @@ import torch.nn as nn
 from slimkit.compress.prune.adapters import ModelAdapters, analyse_model, clear_caches, fix_attributes
 from slimkit.compress.prune.errors import operation
 from slimkit.compress.prune.pruners import dependency_graph
+from slimkit.compress.prune.whole import frozen_reasons, group_reason
 from slimkit.compress.prune.safety import ShapeRecorder, tolerant_index_mapping, unsafe_nodes, unsupported_convs
 
 __all__ = ["GroupPlan", "Plan", "plan_groups", "allocate", "apply_plan", "layer_stats"]
@@ -48,6 +49,7 @@ class GroupPlan:
 class Plan:
     groups: list[GroupPlan]
     frozen_notes: list[str] = field(default_factory=list)
+    whole: dict[str, str] = field(default_factory=dict)  # layer of a group left out -> why (names a module)
 
 
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -62,6 +64,7 @@ class _GroupScorer:
         with operation("building the dependency graph"), torch.enable_grad(), ShapeRecorder(model) as recorder, \
                 tolerant_index_mapping() as unmapped:
             self.DG = dependency_graph(model, example_inputs)
+        self.records = recorder.records
         self.unsafe = unsafe_nodes(self.DG, recorder.records, exempt) + sorted(unmapped, key=id)
         for module in self.unsafe:
             self.DG.module2node[module].dependencies = []  # propagation stops here
@@ -134,10 +137,15 @@ def plan_groups(model, example_inputs, importance, classifier: list[nn.Module], 
     unsafe = scorer.unsafe
     frozen.update(id(m) for m in unsafe)
     frozen.update(id(m) for m in unsupported_convs(model))
+    reasons = frozen_reasons(model, adapters.protected, ignore, unsafe, scorer.DG, scorer.records, unsupported_convs(model))
     stats = layer_stats(model, example_inputs)
-    groups, names, score_notes = [], scorer.DG._module2name, []
+    groups, names, score_notes, whole = [], scorer.DG._module2name, [], {}
     for group in scorer.groups():
         if _touches(group, frozen):
+            reason = group_reason(group, reasons) or "kept whole"
+            for dep, _ in group:
+                if dep.target.module in names:
+                    whole.setdefault(names[dep.target.module], reason)
             continue
         group = scorer.attention_root(group)
         if group is None:
@@ -150,7 +158,7 @@ def plan_groups(model, example_inputs, importance, classifier: list[nn.Module], 
     notes = list(adapters.notes) + score_notes
     if unsafe:
         notes.append(f"{len(unsafe)} op(s) with channel mappings Torch-Pruning cannot follow: their groups kept")
-    return Plan(groups, notes)
+    return Plan(groups, notes, whole)
 
 
 def _scoring_problem(notes: list[str], root: str, message: str) -> None:
