@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -214,6 +215,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="families (timm modules) to run")
     parser.add_argument("--rerun", nargs="*", default=[], help="rerun families whose stored outcome is one of these")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per family")
+    parser.add_argument("--reverse", action="store_true", help="walk the families from the end (a second process)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -221,18 +223,35 @@ def main() -> None:
         return
     import timm
 
-    rows = load_rows()
-    for family in timm.list_modules():
+    families = timm.list_modules()[::-1] if args.reverse else timm.list_modules()
+    for family in families:
         if args.only and family not in args.only:
             continue
-        done = rows.get(family)
-        if done is not None and not args.only and done["outcome"] not in args.rerun:
+        done = load_rows().get(family)  # re-read: another sweep process may have run it meanwhile
+        if done is not None and not args.only and done["outcome"] not in args.rerun + ["running"]:
             continue
-        rows[family] = run_in_child(family, args.timeout)
-        r = rows[family]
+        if done is not None and done["outcome"] == "running" and _alive(done.get("pid")) and not args.only:
+            continue
+        _store({"family": family, "outcome": "running", "pid": os.getpid()})
+        r = run_in_child(family, args.timeout)
         print(f"{family}: {r['outcome']} {r.get('model', '')} {r.get('macs_ratio', '')} {r.get('reason', '')[:160]}", flush=True)
-        save(rows, threads=1)
-    print(json.dumps(summary(list(rows.values()))))
+        _store(r)
+    print(json.dumps(summary(list(load_rows().values()))))
+
+
+def _alive(pid: int | None) -> bool:
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except (TypeError, ValueError, OSError):
+        return False
+    return True
+
+
+def _store(row: dict[str, Any]) -> None:
+    """Merge one row into the results file (others' rows written meanwhile are kept)."""
+    rows = load_rows()
+    rows[row["family"]] = row
+    save(rows, threads=1)
 
 
 if __name__ == "__main__":

@@ -243,9 +243,28 @@ def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module]) ->
             if dim is None or not axes or dim % max(len(rec.in_shape), 1) in axes[:1]:
                 bad.append(module)
             continue
-        if not channel_preserved(rec, channels):
+        if not channel_preserved(rec, channels) or _moves_channels_off_layer_axis(node, rec, channels):
             bad.append(module)
     return bad
+
+
+def _moves_channels_off_layer_axis(node, rec: OpRecord, channels: int | None) -> bool:
+    """A transpose that makes a layer read another axis than the channels (ResMLP / MLP-Mixer token
+    mixing: (B, N, C) -> (B, C, N) -> Linear(N, N)): Torch-Pruning passes channel indices through
+    any permute, and would hand C-channel indices to that Linear. Linears read the last axis, convs
+    axis 1, of the tensor they consume; a Linear producer wrote its features on the last axis."""
+    if rec.func not in _PERMUTES or len(rec.out_shape) < 3:
+        return False
+    producers = _nearest_layers(node, "inputs")
+    if any(isinstance(m, nn.Linear) and rec.in_shape[-1] == m.out_features and rec.out_shape[-1] != m.out_features
+           for m in producers):
+        return True
+    for m in _nearest_layers(node, "outputs"):
+        if isinstance(m, nn.Linear) and channels and rec.out_shape[-1] != channels:
+            return True
+        if isinstance(m, nn.modules.conv._ConvNd) and channels and rec.out_shape[1] != channels:
+            return True
+    return False
 
 
 _TORCH_NN = "torch.nn."
@@ -267,3 +286,37 @@ def locate_failure(model: nn.Module, example_inputs: torch.Tensor) -> tuple[nn.M
     finally:
         for h in handles:
             h.remove()
+
+
+def _nearest_layers(node, direction: str, depth: int = 4) -> list[nn.Module]:
+    """The conv / linear layers reached from `node` along `direction` ("inputs" or "outputs") through
+    at most `depth` layerless nodes (a Linear on a 3-D input shows as reshape -> mm -> reshape)."""
+    found, frontier, seen = [], list(getattr(node, direction)), set()
+    for _ in range(depth):
+        following = []
+        for n in frontier:
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if isinstance(n.module, (nn.Linear, nn.modules.conv._ConvNd)):
+                found.append(n.module)
+            elif not isinstance(n.module, nn.Module) or type(n.module).__module__.startswith("torch_pruning"):
+                following.extend(getattr(n, direction))
+        frontier = following
+    return found
+
+
+def index_out_of_range(graph, group) -> str | None:
+    """Name of a layer the group would prune at channel indices it does not have (a channel mapping
+    gone wrong through an op the rules above let pass); None when every index fits."""
+    names = graph._module2name
+    for dep, idxs in group:
+        m = dep.target.module
+        pruner = graph.get_pruner_of_module(m) if isinstance(m, nn.Module) else None
+        if pruner is None or not idxs:
+            continue
+        out = graph.is_out_channel_pruning_fn(dep.handler)
+        size = pruner.get_out_channels(m) if out else pruner.get_in_channels(m)
+        if isinstance(size, int) and max(int(i) for i in idxs) >= size:
+            return names.get(m, type(m).__name__)
+    return None

@@ -21,7 +21,7 @@ from slimkit.compress.prune.adapters import ModelAdapters, analyse_model, clear_
 from slimkit.compress.prune.errors import operation
 from slimkit.compress.prune.pruners import dependency_graph
 from slimkit.compress.prune.whole import frozen_reasons, group_reason
-from slimkit.compress.prune.safety import ShapeRecorder, tolerant_index_mapping, unsafe_nodes, unsupported_convs
+from slimkit.compress.prune.safety import ShapeRecorder, index_out_of_range, tolerant_index_mapping, unsafe_nodes, unsupported_convs
 
 __all__ = ["GroupPlan", "Plan", "plan_groups", "allocate", "apply_plan", "layer_stats"]
 
@@ -149,6 +149,13 @@ def plan_groups(model, example_inputs, importance, classifier: list[nn.Module], 
             continue
         group = scorer.attention_root(group)
         if group is None:
+            continue
+        misfit = index_out_of_range(scorer.DG, group)
+        if misfit is not None:  # indices beyond a layer's width: the mapping is wrong, keep the group whole
+            score_notes.append(f"{misfit}: channel indices mapped beyond its width; its group is kept whole")
+            for dep, _ in group:
+                if dep.target.module in names:
+                    whole.setdefault(names[dep.target.module], f"channel indices mapped beyond the width of {misfit}")
             continue
         with operation("scoring channel groups"):
             plan = _score_group(scorer, group, names, stats, score_notes)
