@@ -216,10 +216,14 @@ def main() -> None:
     parser.add_argument("--rerun", nargs="*", default=[], help="rerun families whose stored outcome is one of these")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per family")
     parser.add_argument("--reverse", action="store_true", help="walk the families from the end (a second process)")
+    parser.add_argument("--table", action="store_true", help="print the docs table of the stored results and stop")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args.child[0], Path(args.child[1]))
+        return
+    if args.table:
+        print_table(list(load_rows().values()))
         return
     import timm
 
@@ -237,6 +241,18 @@ def main() -> None:
         print(f"{family}: {r['outcome']} {r.get('model', '')} {r.get('macs_ratio', '')} {r.get('reason', '')[:160]}", flush=True)
         _store(r)
     print(json.dumps(summary(list(load_rows().values()))))
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print("| family | model | input | outcome | MACs ratio | params ratio | reason | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: r["family"]):
+        side = r.get("input_size", ["", "", ""])[-1]
+        ratio = lambda k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else ""  # noqa: E731
+        reason = (r.get("reason") or "").replace("|", "/")
+        print(f"| {r['family']} | {r.get('model', '')} | {side} | {r['outcome']} | {ratio('macs_ratio')} | "
+              f"{ratio('params_ratio')} | {reason} | {r.get('seconds', '')} |")
+    print(f"\n{json.dumps(summary(rows))}")
 
 
 def _alive(pid: int | None) -> bool:
