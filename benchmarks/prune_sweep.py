@@ -248,11 +248,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: r["family"]):
         side = r.get("input_size", ["", "", ""])[-1]
-        ratio = lambda k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else ""  # noqa: E731
         reason = (r.get("reason") or "").replace("|", "/")
-        print(f"| {r['family']} | {r.get('model', '')} | {side} | {r['outcome']} | {ratio('macs_ratio')} | "
-              f"{ratio('params_ratio')} | {reason} | {r.get('seconds', '')} |")
+        print(f"| {r['family']} | {r.get('model', '')} | {side} | {r['outcome']} | {_ratio(r, 'macs_ratio')} | "
+              f"{_ratio(r, 'params_ratio')} | {reason} | {r.get('seconds', '')} |")
     print(f"\n{json.dumps(summary(rows))}")
+
+
+def _ratio(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]:.3f}" if isinstance(row.get(key), float) else ""
 
 
 def _alive(pid: int | None) -> bool:
