@@ -182,7 +182,7 @@ def time_model(name: str, row: dict, args) -> dict:
                            repetitions=args.repetitions, rounds=6, min_time_s=1.5)
         out[str(threads)] = {k: v.to_dict() for k, v in t.items()}
         print(f"  {name} {threads} thread(s): " + ", ".join(f"{k} {v.median:.2f}" for k, v in t.items()), flush=True)
-    return {"latency": out, "load_avg": open("/proc/loadavg").read().split()[:3],
+    return {"latency": out, "load_avg": open("/proc/loadavg").read().split()[:3], "cpu": cpu(),
             "cpu_lock": __import__("os").environ.get("BENCH_LOCK", "exclusive")}
 
 
@@ -204,7 +204,7 @@ def main() -> None:
     if args.phase == "prepare":
         for name in names:
             print(f"{name}: preparing", flush=True)
-            results["models"][name] = prepare(name, args)
+            results["models"][name] = {**prepare(name, args), "prepared_on": cpu()}
             results["conditions"] = {"input": "1x3x224x224", "batch": 1, "data": "fashion-mnist (upsampled, 3 channels)",
                                      "head_train": args.head_train, "calib": args.calib, "val": args.val,
                                      **cpu(), "versions": versions()}

@@ -77,13 +77,16 @@ def table(results: dict) -> str:
         lines += ["¹ not produced:"] + [f"- {n} / {TITLES[rt]}: `{e}`" for n, rt, e in errors]
     for name, row in results["models"].items():
         t = row.get("timing")
-        lines.append(f"- {name}: " + (f"timed under a {t.get('cpu_lock', 'exclusive')} CPU lock, load average "
-                                      f"{' '.join(t['load_avg'])} after timing" if t else "prepared, not timed"))
+        where = t.get("cpu", c) if t else c  # rows timed before the CPU was recorded per model ran where `c` says
+        path = "AVX-512 VNNI" if where.get("avx512_vnni") else "no VNNI (AVX2-class)"
+        lines.append(f"- {name}: " + (f"timed on {where.get('cpu')} ({path}) under a {t.get('cpu_lock', 'exclusive')} "
+                                      f"CPU lock, load average {' '.join(t['load_avg'])} after timing"
+                                      if t else "prepared, not timed"))
     missing = [m for m in ("resnet18", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "emov2_1m")
                if m not in results["models"]]
     if missing:
         lines.append(f"- not measured yet: {', '.join(missing)} (run the three phases with --models)")
-    lines += ["", f"CPU: {c.get('cpu')} ({c.get('cores')} cores, AVX-512 VNNI: {c.get('avx512_vnni')}, "
+    lines += ["", f"Last prepared on: {c.get('cpu')} ({c.get('cores')} cores, AVX-512 VNNI: {c.get('avx512_vnni')}, "
               f"AVX-512 BF16: {c.get('avx512_bf16')}), 2 cores shared with other jobs. Versions: " + ", ".join(f"{TITLES.get(k, k)} {v}" for k, v in c.get("versions", {}).items())]
     return "\n".join(lines)
 

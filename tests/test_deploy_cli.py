@@ -13,7 +13,8 @@ from safetensors.torch import save_model
 from quant_helpers import one_thread, trained  # noqa: F401  (autouse)
 from slimkit.deploy.multi import runtime_unavailable_reason
 
-from test_quant_cli import FACTORY as DIGITS_FACTORY, run_cli  # noqa: E402  (the same trained digits model file)
+from cli_helpers import run_cli_code as run_cli  # noqa: E402
+from test_quant_cli import FACTORY as DIGITS_FACTORY  # noqa: E402  (the same trained digits model file)
 
 from test_deploy_runtimes import Cummax  # noqa: E402
 

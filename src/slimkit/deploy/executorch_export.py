@@ -22,6 +22,7 @@ from slimkit.deploy.artifact import (DEFAULT_ATOL, INT8_ATOL, ArtifactReport, ch
 from slimkit.deploy.pt2e import calibrate_pt2e, export_program, pt2e_reference
 from slimkit.deploy.registry import register_exporter
 from slimkit.deploy.runtime import check_parity, open_runner, require_runtime, runtime_status
+from slimkit.utils.modes import eval_mode
 
 __all__ = ["export_executorch", "export_executorch_int8"]
 
@@ -84,14 +85,10 @@ def export_executorch(
     """ExecuTorch program of `model` (unchanged) at `path` (.pte), checked in ExecuTorch's runtime."""
     require_runtime("executorch")
     inputs, kind = check_images(input_size, check_inputs, seed=seed)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         program = export_program(model, example_input(input_size, 1, seed), "executorch")
         return _write(Path(path).with_suffix(".pte"), program, torch_reference(model), inputs, kind, "fp32",
                       atol, input_size, "pytorch")
-    finally:
-        model.train(was_training)
 
 
 def export_executorch_int8(
@@ -112,9 +109,7 @@ def export_executorch_int8(
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         example = example_input(input_size, 1, seed)
         program = export_program(model, example, "executorch")
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
@@ -122,8 +117,6 @@ def export_executorch_int8(
         quantized = export_program(converted, example, "executorch")
         report = _write(Path(path).with_suffix(".pte"), quantized, pt2e_reference(converted), check_inputs, "given",
                         "int8", atol, input_size, "fake-quant pt2e (XNNPACKQuantizer)")
-    finally:
-        model.train(was_training)
     report.notes.update({"quantizer": "XNNPACKQuantizer symmetric int8, per-channel weights",
                          "calib_images": int(len(calib_x))})
     return report

@@ -25,6 +25,7 @@ from slimkit.deploy.artifact import (DEFAULT_ATOL, INT8_ATOL, ArtifactReport, ch
                                      example_input, quiet_convert, staged, torch_reference)
 from slimkit.deploy.registry import register_exporter
 from slimkit.deploy.runtime import check_parity, open_runner, require_runtime
+from slimkit.utils.modes import eval_mode
 
 __all__ = ["export_openvino", "export_openvino_int8", "fake_quant_onnx_reference"]
 
@@ -62,9 +63,7 @@ def export_openvino(
     path = Path(path).with_suffix(".xml")
     example = example_input(input_size, 1, seed)
     inputs, kind = check_images(input_size, check_inputs, seed=seed)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with staged(path, suffixes=(".bin",)) as tmp:
             start = time.perf_counter()
             try:
@@ -77,8 +76,6 @@ def export_openvino(
             convert_s = time.perf_counter() - start
             check = check_parity(open_runner("openvino", tmp), torch_reference(model), inputs, runtime="openvino",
                                  atol=atol, batch_sizes=(1, 2), inputs_kind=kind)
-    finally:
-        model.train(was_training)
     return _report(path, "fp32", f"openvino.convert_model (PyTorch) {ov.__version__}", input_size, check,
                    {"convert": round(convert_s, 3)}, {"inference_precision": "f32", "weights": "fp32"})
 

@@ -31,6 +31,7 @@ from slimkit.deploy.artifact import (DEFAULT_ATOL, INT8_ATOL, ArtifactReport, ch
 from slimkit.deploy.pt2e import export_program
 from slimkit.deploy.registry import register_exporter
 from slimkit.deploy.runtime import RuntimeUnavailable, check_parity, open_runner, require_runtime, runtime_status
+from slimkit.utils.modes import eval_mode
 
 __all__ = ["export_tflite", "export_tflite_int8", "converter_python", "converter_status"]
 
@@ -125,17 +126,13 @@ def export_tflite(
     converter_python()
     inputs, kind = check_images(input_size, check_inputs, seed=seed)
     path = Path(path).with_suffix(".tflite")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with staged(path) as tmp:
             start = time.perf_counter()
             _, where = _convert(export_program(model, example_input(input_size, 1, seed), "tflite"), "fp32", tmp)
             convert_s = time.perf_counter() - start
             check = check_parity(open_runner("tflite", tmp), torch_reference(model), inputs, runtime="tflite",
                                  atol=atol, batch_sizes=(1,), inputs_kind=kind)
-    finally:
-        model.train(was_training)
     return _report(path, "fp32", input_size, check, convert_s, where)
 
 
@@ -154,9 +151,7 @@ def export_tflite_int8(
     converter_python()
     check_x = np.ascontiguousarray(check_inputs[:4], np.float32)
     path = Path(path).with_suffix(".tflite")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         program = export_program(model, example_input(input_size, 1, seed), "tflite")
         with staged(path) as tmp:
             start = time.perf_counter()
@@ -166,8 +161,6 @@ def export_tflite_int8(
             check = check_parity(open_runner("tflite", tmp), lambda x: [np.stack([stored[r.tobytes()] for r in x])],
                                  check_x, runtime="tflite", reference_name="fake-quant pt2e (PT2EQuantizer)",
                                  atol=atol, batch_sizes=(1,))
-    finally:
-        model.train(was_training)
     return _report(path, "int8", input_size, check, convert_s, where,
                    {"quantizer": "litert-torch PT2EQuantizer symmetric int8, per-channel weights",
                     "calib_images": int(len(calib_x)), "io": "int8 input and output tensors (full integer)"})

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from slimkit.utils.modes import eval_mode
+
 __all__ = ["count_macs", "count_params", "ort_runner", "ort_latency_ms"]
 
 
@@ -21,7 +23,7 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
     attention multiply-accumulates, each counted once; elementwise work is not MACs)."""
     from slimkit.profile.counter import count_macs as project_count
 
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):  # in train mode BN fails at batch 1 and its statistics would move
         return int(project_count(model, example_inputs[:1]).total)
 
 
