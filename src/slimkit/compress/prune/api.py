@@ -145,7 +145,7 @@ def _prune(model, config, example_inputs, calib, data, progress, allocator) -> P
         except _Broken as broken:
             names = [n for n in broken.names if n not in protected]
             if not names:
-                raise BadInputError(f"pruning breaks the model's forward ({broken}); cannot repair") from broken
+                raise BadInputError(f"pruning breaks the forward of {broken.names[0]} ({broken}); cannot repair") from broken
             log.info("forward broke in %s (%s); protecting %s", broken.names[0], broken, ", ".join(names))
             protected.extend(names)
     else:

@@ -255,11 +255,14 @@ def _moves_channels_off_layer_axis(node, rec: OpRecord, channels: int | None) ->
     axis 1, of the tensor they consume; a Linear producer wrote its features on the last axis."""
     if rec.func not in _PERMUTES or len(rec.out_shape) < 3:
         return False
+    consumers = _nearest_layers(node, "outputs")
+    # channels-last to channels-first before a conv (SAM's neck): the conv reads what the Linear wrote
+    to_conv = any(isinstance(m, nn.modules.conv._ConvNd) and rec.out_shape[1] == m.in_channels for m in consumers)
     producers = _nearest_layers(node, "inputs")
-    if any(isinstance(m, nn.Linear) and rec.in_shape[-1] == m.out_features and rec.out_shape[-1] != m.out_features
-           for m in producers):
+    if not to_conv and any(isinstance(m, nn.Linear) and rec.in_shape[-1] == m.out_features
+                           and rec.out_shape[-1] != m.out_features for m in producers):
         return True
-    for m in _nearest_layers(node, "outputs"):
+    for m in consumers:
         if isinstance(m, nn.Linear) and channels and rec.out_shape[-1] != channels:
             return True
         if isinstance(m, nn.modules.conv._ConvNd) and channels and rec.out_shape[1] != channels:
