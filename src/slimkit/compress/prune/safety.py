@@ -234,9 +234,7 @@ def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module]) ->
             if node.type == ops.OPTYPE.SLICE:
                 bad.append(module)  # a slice we could not see: its bounds may be stored sizes
             continue
-        channels = None
-        if node.inputs:
-            channels = shape_infer.infer_out_channels_recursively(graph, node.inputs[0], [0])
+        channels = _inferred_channels(graph, node, shape_infer)
         if node.type == ops.OPTYPE.SLICE:
             dim = getattr(node.grad_fn, "_saved_dim", None)
             axes = _channel_axes(rec.in_shape, channels) if channels else []
@@ -246,6 +244,17 @@ def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module]) ->
         if not channel_preserved(rec, channels) or _moves_channels_off_layer_axis(node, rec, channels):
             bad.append(module)
     return bad
+
+
+def _inferred_channels(graph, node, shape_infer) -> int | None:
+    """Torch-Pruning's channel count into `node`; None where its inference fails (it indexes split
+    sizes by consumer position, out of range in EfficientViM): the op is then judged without it."""
+    if not node.inputs:
+        return None
+    try:
+        return shape_infer.infer_out_channels_recursively(graph, node.inputs[0], [0])
+    except (IndexError, TypeError, ValueError, ZeroDivisionError):
+        return None
 
 
 def _moves_channels_off_layer_axis(node, rec: OpRecord, channels: int | None) -> bool:
