@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "compress_cmd",
     "zoo_cmd",
     "search_cmd",
+    "deploy_cmd",
 )
 
 _STATE = {"debug": False}

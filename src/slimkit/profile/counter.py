@@ -142,6 +142,8 @@ class CountingMode(TorchDispatchMode):
         for t in (t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)):
             if (func.is_view or mutates) and source is not None:
                 self.life.alias(t, source, self.step)
+            elif func.is_view:
+                continue  # a view of a weight or constant (e.g. Linear's transposed weight) is no activation
             elif t not in self.life.alloc_of:
                 self.life.add(t, self.step)
 

@@ -1,0 +1,104 @@
+"""Edge techniques, measured: patch-based inference on tv:mobilenet_v2 at 224 and 96 (peak-memory cut and
+MAC overhead), and the confidence cascade on Fashion-MNIST.
+
+    flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py patch
+    flock -x /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py cascade [WORKDIR]
+
+Writes benchmarks/results/edge_bench.json (one key per technique) and edge_patch.png.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from _common import RESULTS, ROOT, environment
+
+PATCH_CASES = [(224, (4, 4)), (96, (4, 4)), (96, (6, 6))]
+
+
+def bench_patch() -> dict:
+    import torchvision
+
+    from slimkit.deploy.edge.patch import PatchConfig, patch_model
+    from slimkit.deploy.edge.patch_report import measure_patch
+
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v2().eval()
+    rows = []
+    for size, grid in PATCH_CASES:
+        patched, traced, chosen = patch_model(net, (3, size, size), PatchConfig(grid=grid))
+        r = measure_patch(net, patched, traced, chosen)
+        r.pop("_plans")
+        r.pop("tiles")
+        rows.append({"model": "tv:mobilenet_v2", **r})
+        print(json.dumps({k: rows[-1][k] for k in ("input_size", "cut", "grid", "arena_bytes", "macs")}))
+    return {"rows": rows, "environment": environment(torch.get_num_threads())}
+
+
+def patch_figure(rows: list[dict]) -> None:
+    from slimkit.report.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    labels = [f"{r['input_size'][1]}px {r['grid'][0]}x{r['grid'][1]}" for r in rows]
+    cut = [r["arena_bytes"]["before"]["int8"] / r["arena_bytes"]["after"]["int8"] for r in rows]
+    est = [r["lifetime_estimate_bytes"]["before"]["fp32"] / r["lifetime_estimate_bytes"]["after"]["fp32"] for r in rows]
+    over = [100 * r["macs"]["overhead"] for r in rows]
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], cut, 0.4, label="peak-memory cut, arena plan (x)")
+    ax.bar([x + 0.2 for x in xs], est, 0.4, label="peak-memory cut, profiler estimate (x)")
+    ax.axhline(4, color="k", ls="--", lw=0.8)
+    for x, o in zip(xs, over):
+        ax.annotate(f"+{o:.1f}% MACs", (x, max(cut[x], est[x])), ha="center", xytext=(0, 4), textcoords="offset points")
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("before / after")
+    ax.set_title("tv:mobilenet_v2 patch-based inference: memory cut and halo MAC overhead")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "edge_patch.png", dpi=110)
+
+
+CASCADE_STEPS = [  # (output folder, slimkit arguments); each step is skipped when its folder exists
+    ("parent", ["train", "benchmarks/edge_models.py:parent", "--data", "fashion-mnist", "--epochs", "2",
+                "--train-samples", "12000", "--val-samples", "2000"]),
+    ("child", ["prune", "{work}/parent", "--target", "macs=0.1", "--data", "fashion-mnist", "--epochs", "1", "--kd",
+               "--train-samples", "12000", "--val-samples", "2000", "--no-latency", "--trust-code"]),
+    ("cascade", ["deploy", "cascade", "{work}/child", "{work}/parent", "--data", "fashion-mnist", "--val-samples",
+                 "2000", "--max-drop", "0.5", "--threads", "1", "--timed-images", "500", "--trust-code"]),
+]
+
+
+def bench_cascade(work: Path) -> dict:
+    """Parent CNN trained on Fashion-MNIST, pruned to 10% of its MACs with KD, cascaded child -> parent."""
+    commands = []
+    for folder, args in CASCADE_STEPS:
+        command = [sys.executable, "-m", "slimkit.cli.main", *(a.format(work=work) for a in args),
+                   "--out", str(work / folder)]
+        commands.append(" ".join(command[3:]))
+        if not (work / folder).exists():
+            subprocess.run(command, cwd=ROOT, check=True)
+    report = json.loads((work / "cascade" / "report.json").read_text())
+    report["choice"].pop("curve")
+    return {"commands": commands, "choice": report["choice"], "measured": report["measured"],
+            "per_model_ms": report["per_model_ms"], "policy": report["policy"],
+            "environment": environment(report["threads"])}
+
+
+def main(which: str) -> None:
+    path = RESULTS / "edge_bench.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if which == "patch":
+        results["patch"] = bench_patch()
+        patch_figure(results["patch"]["rows"])
+    elif which == "cascade":
+        results["cascade"] = bench_cascade(Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/edge_runs"))
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "patch")

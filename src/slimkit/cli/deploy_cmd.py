@@ -1,0 +1,127 @@
+"""`slimkit deploy patch|cascade ...`: edge techniques (see docs/edge.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from slimkit.cli.common import DATA_OPT, INPUT_SIZE_OPT, MODEL_HELP, VAL_SAMPLES_OPT, console
+
+__all__ = ["register", "deploy_app"]
+
+deploy_app = typer.Typer(help="Edge techniques: patch-based inference, confidence cascades.", no_args_is_help=True)
+
+
+@deploy_app.command("patch")
+def patch(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (patch.json, memory_plan.json, report.html)"),
+    patches: Optional[str] = typer.Option(None, "--patches", help="Patch grid ROWSxCOLS (default 4x4; searched "
+                                          "over 2x2..8x8 with --peak-memory when not given)"),
+    until: Optional[str] = typer.Option(None, "--until", help="Patch everything up to the end of this module "
+                                        "(e.g. features.6); default: the cut with the smallest arena"),
+    peak_memory: Optional[str] = typer.Option(None, "--peak-memory", help="Arena target, e.g. 256KB: choose the "
+                                              "cut (and grid) with the fewest extra MACs that fits"),
+    bytes_per_element: int = typer.Option(1, "--bytes-per-element", min=1, max=4,
+                                          help="Activation storage for --peak-memory: 1 (int8) or 4 (fp32)"),
+    stream_input: bool = typer.Option(False, "--stream-input", help="Arena plan: each patch loads only its own "
+                                      "input region (camera/flash) instead of keeping the whole image"),
+    input_size: Optional[str] = INPUT_SIZE_OPT,
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code to import it"),
+) -> None:
+    """Run the first stages patch by patch (MCUNetV2) and report the peak-memory cut and MAC overhead."""
+    from slimkit.deploy.edge.patch import PatchConfig, parse_bytes, parse_grid, patch_model
+    from slimkit.deploy.edge.patch_report import measure_patch, write_patch_outputs
+    from slimkit.models import load_model
+    from slimkit.utils.io import atomic_dir, save_resolved_args
+    from slimkit.utils.parse import parse_input_size
+
+    target = parse_bytes(peak_memory) if peak_memory else None
+    grid = parse_grid(patches) if patches else (None if target is not None else (4, 4))
+    net, info = load_model(model, trust_code=trust_code)
+    net.eval()
+    size = parse_input_size(input_size) or tuple(info.input_size)
+    cfg = PatchConfig(grid=grid, until=until, peak_memory_bytes=target, bytes_per_element=bytes_per_element,
+                      stream_input=stream_input)
+    patched, traced, chosen = patch_model(net, size, cfg)
+    report = measure_patch(net, patched, traced, chosen, stream_input=stream_input)
+    with atomic_dir(out) as tmp:
+        write_patch_outputs(report, tmp, model)
+        save_resolved_args(tmp, "deploy patch", {"model": model, "patches": patches, "until": until,
+                                                 "peak_memory": peak_memory, "bytes_per_element": bytes_per_element,
+                                                 "stream_input": stream_input,
+                                                 "input_size": list(size), "chosen": chosen.label})
+    _print_patch(report, out)
+
+
+def _print_patch(r: dict, out: Path) -> None:
+    a, m = r["arena_bytes"], r["macs"]
+    est, alloc = r["lifetime_estimate_bytes"], r["allocator_peak_bytes"]
+    alloc_ratio = (f"{alloc['before']['fp32'] / alloc['after']['fp32']:.2f}x"
+                   if alloc["after"]["fp32"] and alloc["before"]["fp32"] else "n/a")
+    console().print(
+        f"patched up to {r['cut']} ({'x'.join(map(str, r['cut_shape']))}) as {r['grid'][0]}x{r['grid'][1]} patches, "
+        f"input {'x'.join(map(str, r['input_size']))}; max |whole - patched| = {r['max_abs_diff']:.2e} "
+        f"(outputs up to {r['output_max_abs']:.2e})\n"
+        f"arena (int8): {a['before']['int8'] / 1024:.1f} KB -> {a['after']['int8'] / 1024:.1f} KB "
+        f"({a['before']['int8'] / a['after']['int8']:.2f}x); fp32 {a['before']['fp32'] / 1024:.1f} KB -> "
+        f"{a['after']['fp32'] / 1024:.1f} KB\n"
+        f"profiler lifetime estimate (fp32): {est['before']['fp32'] / 1024:.1f} KB -> {est['after']['fp32'] / 1024:.1f} KB; "
+        f"allocator measured peak: {alloc_ratio} lower\n"
+        f"MACs: {m['before'] / 1e6:.2f} M -> {m['after'] / 1e6:.2f} M ({100 * m['overhead']:+.1f}% halo overhead)\n"
+        f"report: {out / 'report.html'}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("cascade")
+def cascade(
+    small: str = typer.Argument(..., help="The small model: " + MODEL_HELP),
+    big: str = typer.Argument(..., help="The big model (same classes)"),
+    out: Path = typer.Option(..., "--out", "-o", help="Cascade directory: small.onnx, big.onnx, policy.json, report"),
+    data: str = DATA_OPT,
+    max_drop: float = typer.Option(0.5, "--max-drop", help="Allowed top-1 drop below BIG, in points"),
+    kind: str = typer.Option("max_softmax", "--confidence", help="max_softmax or margin"),
+    val_samples: Optional[int] = VAL_SAMPLES_OPT,
+    threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads for every timing"),
+    repetitions: int = typer.Option(100, "--repetitions", min=5, help="Timed calls per model (interleaved)"),
+    timed_images: int = typer.Option(300, "--timed-images", min=1, help="Images timed through the cascade"),
+    input_size: Optional[str] = INPUT_SIZE_OPT,
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code to import it"),
+) -> None:
+    """Small model first, big model for the unsure inputs: threshold chosen for the lowest measured latency."""
+    from slimkit.data import load_data
+    from slimkit.deploy.edge.cascade import CONFIDENCE_KINDS
+    from slimkit.deploy.edge.cascade_build import build_cascade
+    from slimkit.deploy.edge.cascade_report import write_cascade_report
+    from slimkit.errors import BadInputError
+    from slimkit.models import load_model
+    from slimkit.utils.io import atomic_dir, save_resolved_args
+    from slimkit.utils.parse import parse_input_size
+
+    if kind not in CONFIDENCE_KINDS:
+        raise BadInputError(f"--confidence {kind!r}: choose one of {', '.join(CONFIDENCE_KINDS)}")
+    s_net, s_info = load_model(small, trust_code=trust_code)
+    b_net, _ = load_model(big, trust_code=trust_code)
+    size = parse_input_size(input_size) or tuple(s_info.input_size)
+    bundle = load_data(data, input_size=size, val_samples=val_samples)
+    x, y = (t.numpy() for t in bundle.val.tensors())
+    with atomic_dir(out) as tmp:
+        report = build_cascade(s_net.eval(), b_net.eval(), size, x.astype("float32"), y, bundle.num_classes, tmp,
+                               kind=kind, max_drop=max_drop, threads=threads, repetitions=repetitions,
+                               timed_images=timed_images)
+        write_cascade_report(report, tmp, small, big, data)
+        save_resolved_args(tmp, "deploy cascade", {"small": small, "big": big, "data": data, "max_drop": max_drop,
+                                                   "confidence": kind, "threads": threads, "input_size": list(size)})
+    c, m = report["choice"], report["measured"]
+    console().print(
+        f"threshold {report['policy']['threshold']} ({kind}): top-1 {c['accuracy']:.2f}% (BIG {c['big_accuracy']:.2f}%, "
+        f"SMALL {c['small_accuracy']:.2f}%), {100 * c['fraction_sent']:.1f}% sent on\n"
+        f"measured per image ({m['cascade_ms']['n']} images, ONNX Runtime, {threads} thread(s)): cascade mean "
+        f"{m['cascade_ms']['mean']:.3f} ms, p90 {m['cascade_ms']['p90']:.3f} ms; BIG alone mean "
+        f"{m['big_alone_ms']['mean']:.3f} ms ({m['big_alone_ms']['mean'] / m['cascade_ms']['mean']:.2f}x)\n"
+        f"cascade: {out}", highlight=False, soft_wrap=True)

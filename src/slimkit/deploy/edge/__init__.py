@@ -1,0 +1,1 @@
+"""Edge techniques: patch-based inference (MCUNetV2) and confidence cascades."""

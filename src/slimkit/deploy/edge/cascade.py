@@ -1,0 +1,75 @@
+"""Confidence cascades: a small model answers the inputs it is sure of, a big one the rest.
+
+The threshold is chosen on held-out data: among all thresholds whose cascade accuracy stays within
+`max_drop` points of the big model, the one with the lowest mean latency, where latency per input is the
+small model's measured time plus the big model's measured time for the inputs sent on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from slimkit.errors import BadInputError
+
+__all__ = ["confidence", "ThresholdChoice", "choose_threshold", "CONFIDENCE_KINDS"]
+
+CONFIDENCE_KINDS = ("max_softmax", "margin")
+
+
+def confidence(logits: np.ndarray, kind: str = "max_softmax") -> np.ndarray:
+    """Per-row confidence: the top softmax probability, or the gap between the top two probabilities."""
+    if kind not in CONFIDENCE_KINDS:
+        raise BadInputError(f"confidence {kind!r}: choose one of {', '.join(CONFIDENCE_KINDS)}")
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    top = np.sort(p, axis=1)[:, ::-1]
+    return top[:, 0] if kind == "max_softmax" or p.shape[1] < 2 else top[:, 0] - top[:, 1]
+
+
+@dataclass
+class ThresholdChoice:
+    threshold: float  # inputs with confidence >= threshold stay with the small model
+    accuracy: float  # percent
+    fraction_sent: float
+    mean_latency_ms: float  # predicted from the per-model measured latencies
+    big_accuracy: float
+    small_accuracy: float
+    curve: list[dict] = field(default_factory=list)  # every candidate threshold
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _curve(conf: np.ndarray, small_ok: np.ndarray, big_ok: np.ndarray, t_small: float, t_big: float) -> list[dict]:
+    """Accuracy and mean latency at every distinct threshold, from keeping all to sending all on."""
+    order = np.argsort(-conf, kind="stable")
+    c, s, b = conf[order], small_ok[order].astype(float), big_ok[order].astype(float)
+    n = len(c)
+    # keeping the k most confident: small's hits among them + big's hits among the rest
+    kept_small = np.concatenate([[0.0], np.cumsum(s)])
+    sent_big = np.concatenate([[0.0], np.cumsum(b[::-1])])[::-1]
+    rows = [{"threshold": float("inf"), "kept": 0}]
+    rows += [{"threshold": float(c[k - 1]), "kept": k} for k in range(1, n + 1) if k == n or c[k] < c[k - 1]]
+    for r in rows:
+        k = r["kept"]
+        r["accuracy"] = 100.0 * (kept_small[k] + sent_big[k]) / n
+        r["fraction_sent"] = (n - k) / n
+        r["mean_latency_ms"] = t_small + r["fraction_sent"] * t_big
+    return rows
+
+
+def choose_threshold(conf: np.ndarray, small_ok: np.ndarray, big_ok: np.ndarray, small_ms: float, big_ms: float,
+                     max_drop: float = 0.5) -> ThresholdChoice:
+    """The threshold with the lowest mean latency whose accuracy is within `max_drop` points of the big model."""
+    if not (len(conf) == len(small_ok) == len(big_ok)) or len(conf) == 0:
+        raise BadInputError("confidences and correctness flags must be non-empty and of equal length")
+    rows = _curve(np.asarray(conf, float), np.asarray(small_ok, bool), np.asarray(big_ok, bool), small_ms, big_ms)
+    big_acc = 100.0 * float(np.mean(big_ok))
+    ok = [r for r in rows if r["accuracy"] >= big_acc - max_drop - 1e-9]
+    # sending everything on always qualifies, so `ok` is never empty
+    best = min(ok, key=lambda r: (r["mean_latency_ms"], -r["accuracy"]))
+    return ThresholdChoice(best["threshold"], best["accuracy"], best["fraction_sent"], best["mean_latency_ms"],
+                           big_acc, 100.0 * float(np.mean(small_ok)), rows)
