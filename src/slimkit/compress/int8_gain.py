@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch.nn as nn
 
-__all__ = ["measure_int8_gain", "measure_int8_size"]
+__all__ = ["measure_int8_gain", "measure_int8_gain_pruned", "measure_int8_size"]
 
 MAX_GAIN = 4.0  # never plan on more than VNNI's 4x: a larger figure is a timing outlier
 
@@ -35,6 +35,29 @@ def measure_int8_gain(model: nn.Module, input_size, calib_x: np.ndarray, threads
     gain = min(MAX_GAIN, timings["fp32"].median / timings["int8"].median)
     return {"gain": gain, "measured_gain": timings["fp32"].median / timings["int8"].median, "fp32_ms": timings["fp32"].to_dict(),
             "int8_ms": timings["int8"].to_dict(), "threads": threads}
+
+
+def measure_int8_gain_pruned(model: nn.Module, input_size, calib_x: np.ndarray, threads: int,
+                             macs_fraction: float) -> dict | None:
+    """int8's gain on a copy of `model` (unchanged) cut to about `macs_fraction` of its MACs, None if no such cut.
+
+    A pruned model gains less from int8 than its parent (narrow layers are dominated by the
+    quantize/dequantize and per-call work that int8 does not speed up), so the plan checks the gain
+    at the size it is about to prune to. The copy's weights need not be good: only its shapes are timed.
+    """
+    import copy
+
+    import torch
+
+    from slimkit.compress.prune import PruneConfig, prune_
+    from slimkit.errors import SlimkitError
+
+    proxy = copy.deepcopy(model).eval()
+    try:
+        prune_(proxy, PruneConfig(target=f"macs={macs_fraction:.4f}"), torch.randn(1, *input_size))
+    except SlimkitError:
+        return None
+    return {**measure_int8_gain(proxy, input_size, calib_x, threads), "macs_fraction": macs_fraction}
 
 
 def measure_int8_size(model: nn.Module, input_size, calib_x: np.ndarray) -> dict:

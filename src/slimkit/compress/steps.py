@@ -25,6 +25,7 @@ __all__ = ["RunContext", "StepResult", "register_step", "STEPS", "check_step_par
 log = logging.getLogger(__name__)
 
 TARGET_MARGIN = 0.95
+PRUNE_TOLERANCE = 0.1  # PruneConfig's default relative miss for a measured (latency) target
 CEILING_RETRIES = 3  # macs/params budgets are ceilings: re-prune aiming lower when the pruner lands above one
 INT8_GAIN_MARGIN = 0.7  # a pruned model gains less from int8 than the original: count on 70% of it
 MAX_PRUNE_TARGET = 0.95  # PruneConfig targets are fractions below 1
@@ -201,12 +202,21 @@ def _prune_target(ctx: RunContext, params: dict[str, Any]) -> tuple[str, dict[st
     fraction, how = _latency_fraction(ctx), {"from": "budget"}
     if ctx.has_quantize and params.get("int8_aware", True):
         # Leave to int8 only the speedup it was just measured to give this model, with a margin.
-        from slimkit.compress.int8_gain import measure_int8_gain
+        from slimkit.compress.int8_gain import measure_int8_gain, measure_int8_gain_pruned
 
         calib_x, _ = ctx.data.train.tensors()
         gain = measure_int8_gain(ctx.original, ctx.input_size, calib_x[:32].numpy(), ctx.threads)
         how["int8_gain"] = gain
-        fraction = fraction * max(1.0, gain["gain"] * INT8_GAIN_MARGIN)
+        planned = fraction * max(1.0, gain["gain"] * INT8_GAIN_MARGIN)
+        if planned > fraction:  # check the gain at the size it buys: a pruned model gains less
+            pruned = measure_int8_gain_pruned(ctx.original, ctx.input_size, calib_x[:32].numpy(), ctx.threads,
+                                              planned)
+            if pruned is not None:
+                how["int8_gain_pruned"] = pruned
+                planned = fraction * max(1.0, min(gain["gain"], pruned["gain"]) * INT8_GAIN_MARGIN)
+        fraction = planned
+    # The budget is a ceiling and the latency search accepts up to target x (1 + tolerance): aim under it.
+    fraction /= 1.0 + float(params.get("tolerance", PRUNE_TOLERANCE))
     return f"latency={_clamped(fraction, how):g}", how
 
 
