@@ -111,7 +111,7 @@ def test_html_report_renders_in_chromium(tiny_run, tmp_path):
              f"--user-data-dir={tmp_path / 'profile'}"]
     url = (out / "report.html").resolve().as_uri()
     dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    assert dom.count("<img") == 2 and dom.count("data:image/png;base64,") == 2
+    assert dom.count("<img") == 3 and dom.count("data:image/png;base64,") == 3  # curve, pareto, layers
     assert dom.count("<table>") >= 4 and "baseline" in dom and "03-quantize" in dom and "Budget macs=0.5 met" in dom
     shot = tmp_path / "shot.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2400", url], capture_output=True,

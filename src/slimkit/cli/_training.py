@@ -55,8 +55,9 @@ def relaunch_if_needed(nproc: int | None, command: str) -> bool:
 
 def summary_line(result: Any, out: Path) -> str:
     m = result.metrics
+    warning = (m.get("early_stopping") or {}).get("not_converged_warning")
     return (f"val top-1 {m['accuracy']:.4f}  top-5 {m['top5']:.4f}  loss {m['val_loss']:.4f}  "
-            f"after {m['epochs_completed']} epoch(s) -> {out}")
+            f"after {m['epochs_completed']} epoch(s) -> {out}" + (f"\n{warning}" if warning else ""))
 
 
 def strip_nproc(argv: Sequence[str]) -> list[str]:

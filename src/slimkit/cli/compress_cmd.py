@@ -26,6 +26,12 @@ def compress_command(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run after its last completed step"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory"),
     trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, max=99.99,
+                                             help="Top-1 points the whole run may lose (pruning, fine-tuning, int8); "
+                                                  "default: the recipe's"),
+    priority: Optional[str] = typer.Option(None, "--priority",
+                                           help="When the budget can't be met within --max-drop: budget (meet it, "
+                                                "report the drop) or accuracy (stay within, report the latency reached)"),
     target_cpu: Optional[str] = typer.Option(None, "--target-cpu", help="CPU the int8 model ships to: auto | x86-vnni | "
                                              "x86-avx2 (7-bit weights: no int16 saturation) | arm64 (default: the "
                                              "recipe's, else auto = this machine)"),
@@ -37,7 +43,7 @@ def compress_command(
     from slimkit.utils.parse import parse_input_size
 
     size = parse_input_size(input_size)
-    chosen = load_recipe(recipe).override(list(override))
+    chosen = load_recipe(recipe).override(list(override)).with_limit(max_drop, priority)
     if target_cpu is not None:
         chosen = chosen.with_target_cpu(target_cpu)
     if budget is not None:
@@ -52,6 +58,7 @@ def compress_command(
                           train_samples=train_samples, val_samples=val_samples, threads=threads, seed=seed,
                           resume=resume, overwrite=overwrite, say=say)
     save_resolved_args(out, "compress", {"model": model, "recipe": chosen.model_dump(), "data": data,
+                                         "max_drop": chosen.max_drop, "priority": chosen.priority,
                                          "budget": report["budget"], "input_size": size, "train_samples": train_samples,
                                          "val_samples": val_samples, "threads": threads, "seed": seed,
                                          "target_cpu": target_cpu})
@@ -76,6 +83,12 @@ def _print_summary(report: dict, out: Path) -> None:
     met = report["budget_met"]
     con.print(f"[{'green' if met else 'bold red'}]budget {report['budget']} {'met' if met else 'NOT MET'}: final "
               f"{report['budget_detail']['kind']} = {100 * report['budget_detail']['final_fraction']:.1f}% of baseline")
+    limit = report["accuracy_limit"]
+    ok = limit["within_limit"] and met
+    con.print(f"[{'green' if ok else 'bold yellow'}]accuracy: {limit['verdict']}", highlight=False)
+    warning = report["baseline_training"].get("warning")
+    if warning:
+        con.print(f"[bold yellow]baseline {warning}", highlight=False)
     con.print(f"report: {out / 'report.html'}  (JSON: {out / 'report.json'}; deployable: {report['final']['onnx']})")
 
 

@@ -87,8 +87,11 @@ def _public(stage: dict) -> dict:
     return {k: v for k, v in stage.items() if not k.startswith("_")}
 
 
-def _collect(ctx, recipe, tmp: Path) -> list[dict]:
-    stages = [_stage("baseline", ctx.original, None, ctx, tmp, "baseline")]
+def _collect(ctx, recipe, tmp: Path) -> tuple[list[dict], list[dict]]:
+    """The stages (baseline, then each step's model) and the cuts tried inside steps, ready to measure."""
+    from slimkit.compress.curve import cut_stages
+
+    stages, cuts = [_stage("baseline", ctx.original, None, ctx, tmp, "baseline")], []
     for index, step in enumerate(recipe.steps):
         name = f"{index:02d}-{step.label}"
         if step.type == "train":
@@ -101,7 +104,8 @@ def _collect(ctx, recipe, tmp: Path) -> list[dict]:
         stage["details"] = meta.get("details", {})
         stage["_model"] = model
         stages.append(stage)
-    return stages
+        cuts += cut_stages(ctx, step_dir, name, stage["details"], _stage, tmp)
+    return stages, cuts
 
 
 def _write_final(ctx, final: dict, stages: list[dict]) -> dict[str, str]:
@@ -117,12 +121,13 @@ def _write_final(ctx, final: dict, stages: list[dict]) -> dict[str, str]:
 
 def build_report(ctx, recipe, state) -> dict[str, Any]:
     """Measure every stage, write final/, report.json and report.html; returns the report."""
+    from slimkit.compress.curve import curve_section, limit_section, training_section
     from slimkit.profile.profiler import _environment
     from slimkit.report.html import write_html_report
 
     with tempfile.TemporaryDirectory(prefix="slimkit-measure-") as tmp:
-        stages = _collect(ctx, recipe, Path(tmp))
-        conditions = _measure(stages, ctx)
+        stages, cuts = _collect(ctx, recipe, Path(tmp))
+        conditions = _measure(stages + cuts, ctx)
         baseline, final = stages[0], stages[-1]
         files = _write_final(ctx, final, stages)
         report = {
@@ -133,7 +138,9 @@ def build_report(ctx, recipe, state) -> dict[str, Any]:
             "accuracy_drop": baseline["accuracy"] - final["accuracy"],
             "steps": [_public(s) for s in stages[1:]], "layers": _layers(baseline, final),
             "conditions": conditions, "environment": _environment(ctx.threads),
+            "baseline_training": training_section(ctx, recipe), "curve": curve_section(baseline, cuts, final),
         }
+        report["accuracy_limit"] = limit_section(ctx, recipe, report)
     for stage in report["steps"] + [report["baseline"]]:
         stage.pop("onnx", None)
     atomic_write_json(ctx.out_dir / "report.json", report)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from slimkit.compress.budget import parse_budget
+from slimkit.compress.limit import AccuracyLimit
 from slimkit.compress.recipe import STEPS, Recipe
 from slimkit.compress.steps import RunContext, StepResult, check_step_params
 from slimkit.errors import BadInputError
@@ -82,6 +83,8 @@ def _save_step(out_dir: Path, name: str, result: StepResult, ctx: RunContext, wo
         save_model_dir(result.model, ctx.info, tmp / "model")
         if result.onnx_path is not None:
             shutil.copytree(result.onnx_path.parent, tmp / "onnx")
+        for cut_name, cut_model in result.extra_models.items():
+            save_model_dir(cut_model, ctx.info, tmp / "cuts" / cut_name / "model")
         atomic_write_json(tmp / "step.json", {**step, "details": result.details,
                                               "onnx": f"onnx/{result.onnx_path.name}" if result.onnx_path else None})
     shutil.rmtree(work, ignore_errors=True)
@@ -126,6 +129,8 @@ def compress(
     resume: bool = False,
     overwrite: bool = False,
     say: Callable[[str], None] | None = None,
+    max_drop: float | None = None,
+    priority: str | None = None,
 ) -> dict[str, Any]:
     """Compress `model` toward `budget` with `recipe` into `out_dir`; returns report.json's content.
 
@@ -133,11 +138,14 @@ def compress(
     spec (timm:NAME, tv:NAME, a model directory, path/to/file.py:factory; a new model is built).
     Naming a .py file trusts it; a model directory built from user code needs `trust_code=True`.
     `recipe`: a Recipe, a built-in recipe name or a YAML/JSON file; `budget` defaults to the recipe's.
+    `max_drop` (top-1 points for pruning, fine-tuning and int8 together) and `priority` (budget | accuracy:
+    what gives when the budget cannot be met within it) default to the recipe's.
     """
     from slimkit.compress.measure import build_report
     from slimkit.compress.recipe import load_recipe
 
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
+    recipe = recipe.with_limit(max_drop, priority)
     budget_obj = parse_budget(budget or recipe.budget or "latency=0.25")
     check_step_params(recipe)
     out_dir = Path(out_dir)
@@ -201,5 +209,7 @@ def _prepare(spec, out_dir, recipe, data_spec, budget, input_size, info, trust_c
     torch.manual_seed(seed)
     base = copy.deepcopy(model) if info.source == "module" else None
     ctx = RunContext(out_dir, bundle, data_spec, size, budget, info, threads, seed, trained, has_quantize,
-                     val_samples=val_samples, say=say, trust_code=trust, base=base)
+                     val_samples=val_samples, say=say, trust_code=trust, base=base,
+                     limit=AccuracyLimit(recipe.max_drop, recipe.priority, has_quantize),
+                     finetune_params=next((dict(s.params) for s in recipe.steps if s.type == "finetune"), None))
     return ctx, model

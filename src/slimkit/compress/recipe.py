@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,8 +21,9 @@ RECIPE_VERSION = 1
 StepType = str  # a name in STEPS
 _BUILTIN_STEPS = "slimkit.compress.steps"
 # The step registry: a recipe may name any registered step. The built-ins load with their (torch-heavy) module.
-STEPS: Registry = Registry("compress step", modules={name: _BUILTIN_STEPS for name in
-                                                      ("train", "prune", "finetune", "quantize", "export", "deploy")})
+STEPS: Registry = Registry("compress step", modules={
+    **{name: _BUILTIN_STEPS for name in ("train", "quantize", "export", "deploy")},
+    **{name: "slimkit.compress.cut_steps" for name in ("prune", "finetune")}})
 
 
 def register_step(name: str, *, check: Callable[[dict[str, Any]], Any] | None = None) -> Callable:
@@ -59,6 +60,10 @@ class Recipe(BaseModel):
     name: str
     description: str = ""
     budget: str | None = None  # default budget when the CLI gives none
+    # Top-1 points the whole run may lose (pruning, fine-tuning and int8 together), and what gives when the
+    # budget cannot be met within it: `budget` (meet it, report the drop) or `accuracy` (stay within it).
+    max_drop: float | None = Field(None, ge=0.0, lt=100.0)
+    priority: Literal["budget", "accuracy"] = "budget"
     steps: list[Step]
 
     @model_validator(mode="after")
@@ -78,6 +83,12 @@ class Recipe(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False)
+
+    def with_limit(self, max_drop: float | None = None, priority: str | None = None) -> "Recipe":
+        """A new recipe with the run's accuracy limit and priority replaced (None keeps the recipe's)."""
+        data = self.model_dump()
+        data.update({k: v for k, v in (("max_drop", max_drop), ("priority", priority)) if v is not None})
+        return _validate(data, f"recipe {self.name!r} with --max-drop/--priority")
 
     def override(self, overrides: list[str]) -> "Recipe":
         """Apply `STEP.KEY=VALUE` overrides (VALUE parsed as YAML); returns a new recipe."""

@@ -7,7 +7,6 @@ its own (temporary) step directory, and returns the model it produced.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -48,10 +47,20 @@ class RunContext:
     say: Callable[[str], None] = lambda msg: log.info(msg)
     trust_code: bool = False  # the model's code was named explicitly (or trusted): its step directories reload
     base: nn.Module | None = None  # an in-memory model's architecture, for reloading its step directories
+    limit: Any = None  # AccuracyLimit of the run (slimkit.compress.limit)
+    finetune_params: dict[str, Any] | None = None  # the recipe's finetune step: how to recover after each cut
+    _baseline_top1: float | None = None
+
+    def baseline_top1(self) -> float:
+        """The trained original's val top-1 in points (torch fp32): what the accuracy limit counts from."""
+        if self._baseline_top1 is None:
+            from slimkit.compress.recover import val_top1
+
+            self._baseline_top1 = val_top1(self, self.original)
+        return self._baseline_top1
 
     def reload(self, path: Path) -> nn.Module:
         """The model saved in a step directory, rebuilt exactly (pruned shapes included)."""
-        import copy
 
         from slimkit.models import load_model_dir
 
@@ -64,6 +73,7 @@ class StepResult:
     model: nn.Module
     onnx_path: Path | None = None  # set by steps whose deployable output is an ONNX file (quantize)
     details: dict[str, Any] = field(default_factory=dict)
+    extra_models: dict[str, nn.Module] = field(default_factory=dict)  # saved as cuts/NAME/model (the cuts tried)
 
 
 def _check_params(params: dict[str, Any], allowed: set[str]) -> None:
@@ -72,10 +82,14 @@ def _check_params(params: dict[str, Any], allowed: set[str]) -> None:
         raise BadInputError(f"unknown params: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
 
 
-_TRAIN_KEYS = {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip"}
+_TRAIN_KEYS = {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip",
+               "patience", "min_delta"}
 _FINETUNE_KEYS = _TRAIN_KEYS | {"distill", "temperature", "alpha"}
 _PRUNE_KEYS = {"target", "criterion", "allocation", "round_to", "unstructured", "tolerance", "int8_aware",
-               "schedule", "steps", "epochs", "lr", "batch_size", "kd"}
+               "schedule", "steps", "epochs", "lr", "batch_size", "kd", "max_stage_cut", "gradual"}
+_NOT_PRUNE_CONFIG = ("target", "int8_aware", "max_stage_cut", "gradual")  # prune-step params that PruneConfig does not take
+SKIP_CUT = 0.97  # a stage asked to keep more than this of its input is skipped: the model is already there
+TRAIN_PATIENCE = 3  # the baseline trains until val top-1 has not improved for this many epochs (or the cap)
 
 
 def _check_train(params: dict[str, Any], allowed: set[str] = _TRAIN_KEYS | {"loss", "loss_layer"}) -> None:
@@ -97,7 +111,12 @@ def _check_prune(params: dict[str, Any]) -> None:
     from slimkit.compress.prune import PruneConfig
 
     _check_params(params, _PRUNE_KEYS)
-    PruneConfig(target=str(params.get("target") or "macs=0.5"), **{k: v for k, v in params.items() if k not in ("target", "int8_aware")})
+    if not isinstance(params.get("gradual", True), bool):
+        raise BadInputError(f"gradual must be true or false, got {params['gradual']!r}")
+    cut = params.get("max_stage_cut", 0.5)
+    if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0 < cut < 1:
+        raise BadInputError(f"max_stage_cut must be a fraction in (0, 1), got {cut!r}")
+    PruneConfig(target=str(params.get("target") or "macs=0.5"), **{k: v for k, v in params.items() if k not in _NOT_PRUNE_CONFIG})
 
 
 def _quantize_config(params: dict[str, Any]):
@@ -155,12 +174,18 @@ def train_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
     loss_name = params.get("loss", "ce")
     example = ctx.data.train.transform(ctx.data.train.images[:2])
     loss = make_loss(loss_name, model, example, **({"layer": params["loss_layer"]} if params.get("loss_layer") else {}))
-    ctx.say(f"training {params.get('epochs', 'default')} epochs ({loss_name} loss)")
-    result = fit(model, ctx.data, _train_config(ctx, params), out_dir=work, resume=work.exists(), info=ctx.info,
-                 loss_fn=loss)
+    config = _train_config(ctx, {"patience": TRAIN_PATIENCE, **params})
+    config = config.replace(keep_best=config.patience is not None)  # patience: null = fixed epochs, as before
+    ctx.say(f"training up to {config.epochs} epochs" + (f", early stopping after {config.patience} without gain"
+                                                         if config.patience else "") + f" ({loss_name} loss)")
+    result = fit(model, ctx.data, config, out_dir=work, resume=work.exists(), info=ctx.info, loss_fn=loss)
     if loss is not None:
         loss.close()
-    return StepResult(model, details={"epochs": result.epochs_completed, "loss": loss_name})
+    stopping = result.metrics["early_stopping"]
+    if stopping["not_converged_warning"]:
+        stopping["not_converged_warning"] += "; raise train.epochs for a fair baseline"
+        ctx.say(f"baseline {stopping['not_converged_warning']}")
+    return StepResult(model, details={"epochs": result.epochs_completed, "loss": loss_name, "early_stopping": stopping})
 
 
 def _prune_target(ctx: RunContext, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -237,47 +262,6 @@ def _latency_fraction(ctx: RunContext) -> float:
     return fraction
 
 
-@register_step("prune", check=_check_prune)
-def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
-    from slimkit.compress.prune import PruneConfig, prune_
-    from slimkit.compress.prune.criteria import Calibration, criterion_needs_data
-
-    kwargs = {k: v for k, v in params.items() if k not in ("target", "int8_aware")}
-    target, derivation = _prune_target(ctx, params)
-    config = PruneConfig(target=target, latency_threads=ctx.threads, seed=ctx.seed, **kwargs)
-    calib = None
-    if criterion_needs_data(config.criterion):
-        x, y = ctx.data.train.tensors()
-        calib = Calibration([(x[i : i + 64], y[i : i + 64]) for i in range(0, min(len(y), 256), 64)])
-    ctx.say(f"pruning toward {config.target} ({config.schedule}, {config.criterion}, round to {config.round_to})")
-    ceiling = ctx.budget.fraction if derivation["from"] == "budget" and ctx.budget.kind in ("macs", "params") else None
-    for attempt in range(CEILING_RETRIES):
-        pruned = copy.deepcopy(model)
-        result = prune_(pruned, config, torch.randn(1, *ctx.input_size), calib, data=ctx.data)
-        if ceiling is None or result.achieved <= ceiling or attempt == CEILING_RETRIES - 1:
-            break
-        # the pruner lands within its tolerance of the target, on either side: aim lower so the ceiling holds
-        aim = config.parsed_target.ratio * ceiling / result.achieved * TARGET_MARGIN
-        ctx.say(f"pruned to {result.achieved:.3f} of the {ctx.budget.kind}, above the budget {ceiling:g}: retrying at {aim:.3f}")
-        derivation.setdefault("retries", []).append({"target": config.target, "achieved": result.achieved})
-        config = dataclasses.replace(config, target=f"{ctx.budget.kind}={aim:g}")
-    return StepResult(pruned, details={"prune": result.to_dict(), "config": config.to_dict(), "target_from": derivation})
-
-
-@register_step("finetune", check=_check_finetune)
-def finetune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: Path) -> StepResult:
-    from slimkit.compress.distill.self_distill import SelfDistill
-    from slimkit.engine import fit
-
-    distill = bool(params.get("distill", True)) and ctx.original is not None
-    loss = SelfDistill(ctx.original, temperature=params.get("temperature", 4.0), alpha=params.get("alpha", 0.5)) if distill else None
-    ctx.say(f"fine-tuning {params.get('epochs', 'default')} epochs" + (" with distillation from the original" if distill else ""))
-    train_params = {k: v for k, v in params.items() if k in _TRAIN_KEYS}
-    result = fit(model, ctx.data, _train_config(ctx, train_params), out_dir=work, resume=work.exists(),
-                 loss_fn=loss, info=ctx.info)
-    return StepResult(model, details={"epochs": result.epochs_completed, "distill": distill})
-
-
 def _quant_data(ctx: RunContext, calib_samples: int):
     """Calibration and val images of the run: the quantize and deploy steps calibrate on the very same."""
     from slimkit.compress.quantize.calib import load_quant_data
@@ -291,6 +275,11 @@ def quantize_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], wor
     """Static int8 (kind ptq, the default), quantization-aware training (qat) or weight codebooks (codebook)."""
     from slimkit.compress.quantize.api import quantize
     kind = str(params.get("kind", "ptq"))
+    if kind == "ptq" and ctx.limit is not None and ctx.limit.max_drop is not None:
+        from slimkit.compress.recover import val_top1
+
+        allowance = ctx.limit.int8_allowance(ctx.baseline_top1(), val_top1(ctx, model), params.get("max_drop"))
+        params = {**params, "max_drop": round(allowance, 4)}
     config = _quantize_config(params)
     data = ctx.data
     if kind == "ptq":
@@ -315,17 +304,25 @@ def export_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work:
     return StepResult(model, onnx_path=work / "model.onnx", details={"export": report.to_dict()})
 
 
-def _last_quantize(ctx: RunContext) -> tuple[Path, dict] | None:
-    """The int8 QDQ ONNX and params of the run's latest completed quantize step, if any."""
+def _last_step(ctx: RunContext, step_type: str) -> tuple[Path, dict] | None:
+    """The directory and step.json of the run's latest completed step of `step_type`, if any."""
     import json
 
     found = None
     for step_dir in sorted((ctx.out_dir / "steps").glob("*")):
         meta_file = step_dir / "step.json"
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        if meta.get("type") == "quantize" and meta.get("onnx"):
-            found = (step_dir / meta["onnx"], meta.get("params", {}))
+        if meta.get("type") == step_type:
+            found = (step_dir, meta)
     return found
+
+
+def _last_quantize(ctx: RunContext) -> tuple[Path, dict] | None:
+    """The int8 QDQ ONNX and params of the run's latest completed quantize step, if any."""
+    found = _last_step(ctx, "quantize")
+    if found is None or not found[1].get("onnx"):
+        return None
+    return found[0] / found[1]["onnx"], found[1].get("params", {})
 
 
 @register_step("deploy", check=_check_deploy)

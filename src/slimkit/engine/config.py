@@ -43,6 +43,12 @@ class TrainConfig:
     drop_last: bool = False
     eval_batch_size: int = 256
     device: str = "auto"
+    # Early stopping on val top-1 (epochs is then a cap): stop after `patience` epochs without a gain above
+    # min_delta, or once val top-1 reaches target_accuracy (a fraction); keep_best restores the best epoch's weights.
+    patience: int | None = None
+    min_delta: float = 0.0
+    target_accuracy: float | None = None
+    keep_best: bool = False
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -61,13 +67,19 @@ class TrainConfig:
             setattr(self, name, kind(value))
         for name in ("lr", "weight_decay", "momentum", "warmup_epochs", "min_lr", "label_smoothing"):
             setattr(self, name, _as_float(name, getattr(self, name)))
-        if self.grad_clip is not None:
-            self.grad_clip = _as_float("grad_clip", self.grad_clip)
+        for name in ("grad_clip", "target_accuracy"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _as_float(name, getattr(self, name)))
+        self.min_delta = _as_float("min_delta", self.min_delta)
+        if self.patience is not None:
+            if isinstance(self.patience, bool) or not float(self.patience).is_integer():
+                raise BadInputError(f"train config: patience must be an integer, got {self.patience!r}")
+            self.patience = int(self.patience)
         if self.max_steps is not None:
             if isinstance(self.max_steps, bool) or not float(self.max_steps).is_integer():
                 raise BadInputError(f"train config: max_steps must be an integer, got {self.max_steps!r}")
             self.max_steps = int(self.max_steps)
-        for name in ("bf16", "drop_last", "sync_bn"):
+        for name in ("bf16", "drop_last", "sync_bn", "keep_best"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"train config: {name} must be true or false, got {getattr(self, name)!r}")
         for name in ("optimizer", "schedule", "device"):
@@ -92,6 +104,10 @@ class TrainConfig:
             (0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr], got {self.min_lr}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip}"),
+            (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
+            (0 <= self.min_delta < 1, f"min_delta must be in [0, 1), got {self.min_delta}"),
+            (self.target_accuracy is None or 0 < self.target_accuracy <= 1,
+             f"target_accuracy must be a fraction in (0, 1], got {self.target_accuracy}"),
             (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
         ]
         for ok, message in checks:

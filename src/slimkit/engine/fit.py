@@ -19,13 +19,15 @@ from slimkit.engine.checkpoint import (CHECKPOINT_FILE, capture_rng, data_finger
                                       restore_checkpoint, save_checkpoint)
 from slimkit.engine.config import TrainConfig
 from slimkit.engine.distributed import DistContext, gather_objects, param_digest, setup_distributed, sync_buffers_
+from slimkit.engine.early_stop import EarlyStop
 from slimkit.engine.evaluate import evaluate
 from slimkit.engine.hooks import Hook, HookList, TrainState
 from slimkit.engine.loop import TrainingDivergedError, default_loss, train_one_epoch
 from slimkit.engine.optim import build_optimizer, build_scheduler
-from slimkit.engine.outputs import finalize_outputs, prepare_out_dir
+from slimkit.engine.outputs import BEST_FILE, finalize_outputs, prepare_out_dir
 from slimkit.engine.progress import LOG_FILE, ProgressBar, RunLog
 from slimkit.errors import BadInputError
+from slimkit.utils.io import atomic_write_bytes
 
 __all__ = ["fit", "FitResult", "TrainingDivergedError", "TrainData", "device_of"]
 
@@ -162,6 +164,8 @@ class _Run:
         self.log = RunLog(self.out_dir / LOG_FILE if self.writes else None)
         self.net, self.bf16 = _wrap(model, ctx, config.sync_bn), _bf16_ok(ctx.device, config.bf16)
         self.epoch, self.history, self.last_eval = 0, [], {}
+        self.early = EarlyStop(config.patience, config.min_delta, config.target_accuracy)
+        self.best_state, self.best_eval = None, {}
         self.progress = progress and ctx.is_main
         self.fingerprint = data_fingerprint(data) if self.writes else None
 
@@ -192,6 +196,19 @@ class _Run:
         s.global_step = int(header["global_step"])
         self.epoch, self.history = int(header["epoch"]), list(header.get("history", []))
         self.last_eval = dict(header.get("last_eval", {}))
+        self._resume_best(header)
+
+    def _resume_best(self, header: dict[str, Any]) -> None:
+        """Early-stopping state from the history; the best epoch's weights from their own file."""
+        c = self.config
+        self.early = EarlyStop.replay([r.get("val_top1") for r in self.history], patience=c.patience,
+                                      min_delta=c.min_delta, target=c.target_accuracy)
+        self.state.stop_training = self.early.should_stop
+        self.best_eval = dict(header.get("best_eval", {}))
+        if c.keep_best and (self.out_dir / BEST_FILE).is_file():
+            from safetensors.torch import load_file
+
+            self.best_state = load_file(str(self.out_dir / BEST_FILE))
 
     def train(self) -> None:
         with ProgressBar(self.progress, self.config.epochs) as bar:
@@ -224,9 +241,41 @@ class _Run:
         self.hooks("on_epoch_end", state)
         self.history.append(record)
         self.epoch += 1
+        self._track_best(record)
         val = f"  val top-1 {record['val_top1']:.4f}" if record["val_top1"] is not None else ""
         bar.end_epoch(f"loss {record['train_loss']:.4f}{val}")
         self._checkpoint(record)
+
+    def _track_best(self, record: dict[str, Any]) -> None:
+        """Feed val top-1 to early stopping; keep the best epoch's weights (in memory and, with out_dir, on disk)."""
+        if record["val_top1"] is None:
+            return
+        if self.early.update(record["val_top1"]) and self.config.keep_best:
+            self.best_state = {k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()}
+            self.best_eval = dict(self.last_eval)
+            if self.writes:
+                from safetensors.torch import save
+
+                atomic_write_bytes(self.out_dir / BEST_FILE, save({k: v.contiguous() for k, v in self.best_state.items()}))
+        if self.early.should_stop:
+            self.state.stop_training = True
+
+    def _stop_reason(self) -> str:
+        if self.epoch >= self.config.epochs:
+            return "cap"
+        return "max_steps" if self.state.global_step >= self.state.total_steps else "hook"
+
+    def _restore_best(self) -> dict[str, Any]:
+        """Put the best epoch's weights back (keep_best); returns the stopping verdict for metrics.json."""
+        verdict = self.early.verdict(self._stop_reason())
+        restored = bool(self.config.keep_best and self.best_state is not None and verdict.best_epoch != self.epoch)
+        if restored:
+            self.model.load_state_dict(self.best_state)
+            self.last_eval = dict(self.best_eval)
+        line = verdict.warning(self.config.epochs)
+        if line and self.ctx.is_main:
+            log.info(line)  # callers say it once, in their own terms (slimkit train, the compress report)
+        return {**verdict.to_dict(), "restored_best": restored, "not_converged_warning": line}
 
     def _checkpoint(self, record: dict[str, Any]) -> None:
         """Log the epoch, then replace the checkpoint atomically (a resume drops log lines it does not cover)."""
@@ -238,7 +287,7 @@ class _Run:
             s = self.state
             meta = {"epoch": self.epoch, "global_step": s.global_step, "config": self.config.to_dict(),
                     "data": self.fingerprint, "hooks": self.hooks.state_dicts(), "history": self.history,
-                    "last_eval": self.last_eval}
+                    "last_eval": self.last_eval, "best_eval": self.best_eval}
             save_checkpoint(self.out_dir / CHECKPOINT_FILE, model=self.model, optimizer=s.optimizer,
                             scheduler=s.scheduler, loss_fn=self.loss_fn, meta=meta, rng_states=rng_states)
         self.ctx.barrier()
@@ -246,7 +295,8 @@ class _Run:
     def finish(self, info: Any, extra: dict[str, Any]) -> FitResult:
         _revert_sync_bn(self.model)  # the saved and returned model holds plain BatchNorm layers
         self.model.eval()
-        metrics = {**self._metrics(), **extra}
+        stopping = self._restore_best()
+        metrics = {**self._metrics(), "early_stopping": stopping, **extra}
         if self.writes:
             finalize_outputs(self.model, info, self.data, self.out_dir, metrics)
             self.log.write("end", epochs_completed=self.epoch, accuracy=metrics["accuracy"])

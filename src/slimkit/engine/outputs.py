@@ -24,11 +24,12 @@ from slimkit.engine.progress import LOG_FILE
 from slimkit.errors import BadInputError
 from slimkit.utils.io import atomic_write_json
 
-__all__ = ["METRICS_FILE", "prepare_out_dir", "finalize_outputs", "model_info_for"]
+__all__ = ["METRICS_FILE", "BEST_FILE", "prepare_out_dir", "finalize_outputs", "model_info_for"]
 
 METRICS_FILE = "metrics.json"
 _ARCH, _WEIGHTS = "architecture.json", "model.safetensors"
-_RUN_FILES = (CHECKPOINT_FILE, _ARCH, _WEIGHTS, METRICS_FILE, LOG_FILE)
+BEST_FILE = "best.safetensors"  # the best val epoch's weights, for a resumed keep_best run
+_RUN_FILES = (CHECKPOINT_FILE, _ARCH, _WEIGHTS, METRICS_FILE, LOG_FILE, BEST_FILE)
 
 
 def prepare_out_dir(out_dir: str | Path, *, resume: bool, overwrite: bool, write: bool = True) -> Path:

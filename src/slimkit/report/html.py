@@ -48,6 +48,41 @@ def _pareto_png(stages: list[dict]) -> str:
     return _png(fig)
 
 
+def _curve_png(report: dict) -> str:
+    """Top-1 against measured latency for the baseline, every cut tried and the final model, with the limits."""
+    from slimkit.report.plots import _pyplot
+
+    plt = _pyplot()
+    points, base = report["curve"], report["baseline"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    cuts = [p for p in points if p["kind"] == "cut"]
+    ax.plot([base["latency_ms"]] + [p["latency_ms"] for p in cuts], [base["accuracy"]] + [p["accuracy"] for p in cuts],
+            "-o", color="tab:blue", label="cuts tried (fine-tuned, fp32)")
+    for p in points:
+        marker = {"baseline": "s", "final": "*"}.get(p["kind"], "o")
+        ax.scatter([p["latency_ms"]], [p["accuracy"]], marker=marker, s=90 if marker == "*" else 40,
+                   color="tab:red" if p["kind"] == "final" else "tab:blue", zorder=3)
+        ax.annotate(p["name"] + (" (kept)" if p.get("kept") else ""), (p["latency_ms"], p["accuracy"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    limit = report["accuracy_limit"]
+    if limit.get("max_drop") is not None:
+        ax.axhline(base["accuracy"] - limit["max_drop"], color="tab:orange", ls="--", label=f"max_drop {limit['max_drop']:g}")
+    if report["budget_detail"]["kind"] == "latency":
+        ax.axvline(report["budget_detail"]["limit"], color="tab:green", ls=":", label=f"budget {report['budget']}")
+    ax.set_xlabel("latency (ms, ONNX Runtime median, batch 1)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("what each cut costs: accuracy against latency")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _curve_rows(report: dict) -> list[list[Any]]:
+    return [[p["name"], f"{p['accuracy']:.2f}", f"{p['drop']:+.2f}", f"{p['latency_ms']:.3f}",
+             f"{100 * p['latency_fraction']:.1f}%", "yes" if p.get("kept") else ""] for p in report.get("curve", [])]
+
+
 def _layers_png(layers: list[dict]) -> str:
     from slimkit.report.plots import _pyplot
 
@@ -95,8 +130,14 @@ def render_html_report(report: dict[str, Any]) -> str:
         f"<p class='{verdict_class}'><b>{html.escape(verdict)}</b></p>",
         f"<p>Speedup {report['speedup']:.2f}x (ONNX Runtime, same run), top-1 change "
         f"{-report['accuracy_drop']:+.2f} points.</p>",
+        f"<p class='{'ok' if report['accuracy_limit']['within_limit'] else 'bad'}'><b>Accuracy: "
+        f"{html.escape(report['accuracy_limit']['verdict'])}</b></p>",
+        *([f"<p class='bad'><b>Baseline {html.escape(report['baseline_training']['warning'])}</b></p>"]
+          if report["baseline_training"].get("warning") else []),
         "<h2>Baseline and final</h2>", _table(headers, [_fmt_stage(report["baseline"]), _fmt_stage(report["final"])]),
         "<h2>Every step</h2>", _table(headers, [_fmt_stage(s) for s in stages]),
+        "<h2>Accuracy against latency: the cuts tried</h2>", f"<img alt='accuracy-latency curve' src='{_curve_png(report)}'>",
+        _table(["model", "top-1 %", "drop (points)", "latency ms", "of baseline", "kept"], _curve_rows(report)),
         "<h2>Pareto</h2>", f"<img alt='pareto plot' src='{_pareto_png(stages)}'>",
         "<h2>Layers</h2>", f"<img alt='per-layer widths' src='{_layers_png(report['layers'])}'>",
         "<h2>Conditions</h2>", _table(["condition", "value"], cond_rows),

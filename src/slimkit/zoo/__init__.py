@@ -11,3 +11,6 @@ import pkgutil
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
+
+# Searched children (`slimkit search run`) are rebuilt by name like the zoo's models.
+importlib.import_module("slimkit.search.child")

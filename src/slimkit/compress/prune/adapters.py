@@ -13,6 +13,9 @@ the forward works and a model directory (architecture.json) records the true sha
 - attention variants whose internals Torch-Pruning cannot map (key/value dims with position
   biases, talking heads, multi-scale linear attention, cross-covariance attention, nn.MultiheadAttention):
   protected, i.e. left at full width inside; the rest of the model is still pruned.
+- leaf modules that reshape a per-channel parameter with a stored shape (timm `Scale` in MetaFormer:
+  `x * self.scale.view(self.shape)`, shape = (dim, 1, 1)): the stored length is rewritten from the
+  pruned parameter.
 - caches of derived tensors (`attention_bias_cache`) are cleared, since they hold stale shapes
   and block deep copies.
 """
@@ -35,6 +38,7 @@ class ModelAdapters:
     attention: list[nn.Module] = field(default_factory=list)  # adapted attention modules
     split_owners: list[nn.Module] = field(default_factory=list)  # modules whose stored split sizes we fix
     protected: list[nn.Module] = field(default_factory=list)  # modules kept at full width inside
+    views: list[tuple[nn.Module, str, int, str]] = field(default_factory=list)  # (module, attr, position, param)
     notes: list[str] = field(default_factory=list)
 
 
@@ -69,6 +73,26 @@ def _needs_protection(m: nn.Module) -> bool:
     return bool(names & _PROJECTION_NAMES)
 
 
+def stored_views(m: nn.Module) -> list[tuple[str, int, str]]:
+    """(attribute, position, parameter) of the int tuples of a leaf module that spell the length of
+    one of its 1-D parameters exactly once, e.g. timm Scale's `shape = (dim, 1, 1)`."""
+    if next(m.children(), None) is not None:
+        return []
+    params = {n: p.numel() for n, p in m._parameters.items() if p is not None and p.dim() == 1 and p.numel() > 1}
+    found = []
+    for attr, value in vars(m).items():
+        if attr.startswith("_") or not isinstance(value, (tuple, list)) or not value:
+            continue
+        if not all(isinstance(v, int) for v in value):
+            continue
+        for pname, size in params.items():
+            hits = [i for i, v in enumerate(value) if v == size]
+            if len(hits) == 1:
+                found.append((attr, hits[0], pname))
+                break
+    return found
+
+
 def analyse_model(model: nn.Module) -> ModelAdapters:
     """Find the attention, split and protected modules of `model`."""
     found = ModelAdapters()
@@ -83,6 +107,8 @@ def analyse_model(model: nn.Module) -> ModelAdapters:
         elif _needs_protection(m):
             found.protected.append(m)
             found.notes.append(f"{name} ({type(m).__name__}) kept at full width inside: attention internals not mappable")
+        else:
+            found.views.extend((m, *view) for view in stored_views(m))
     return found
 
 
@@ -120,6 +146,10 @@ def fix_attributes(model: nn.Module, adapters: ModelAdapters) -> None:
             m.attn_dim = heads * head_dim
         if isinstance(getattr(m, "scale", None), float):
             m.scale = head_dim**-0.5  # matches what fused SDPA uses for the new head size
+    for m, attr, pos, pname in adapters.views:
+        value = list(getattr(m, attr))
+        value[pos] = getattr(m, pname).numel()
+        setattr(m, attr, type(getattr(m, attr))(value))
     for m in adapters.split_owners:
         if _is_mixed_conv(m):
             convs = list(m.values())

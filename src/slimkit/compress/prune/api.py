@@ -12,10 +12,12 @@ import torch.nn as nn
 from slimkit.compress.prune.adapters import analyse_model, classifier_layers, clear_caches
 from slimkit.compress.prune.config import PruneConfig
 from slimkit.compress.prune.criteria import Calibration, build_importance
+from slimkit.compress.prune.errors import internal_errors, operation
 from slimkit.compress.prune.measure import count_macs, count_params
 from slimkit.compress.prune.safety import locate_failure
 from slimkit.compress.prune.search import Trial, search_latency, search_structural
 from slimkit.compress.prune.structured import Plan, allocate, apply_plan, layer_stats, plan_groups
+from slimkit.compress.prune.whole import kept_whole_summary
 from slimkit.errors import BadInputError
 
 __all__ = ["prune_", "PruneResult", "layer_widths", "kept_ratios"]
@@ -93,15 +95,26 @@ def prune_(
 
     Schedules, training on `data` and weight sparsity (see PruneConfig) run in prune.schedules.
     `allocator(plan, round_to)` may replace the configured allocation with any family of kept
-    counts indexed by a level in [0, max_layer_prune] (used by pruning at initialization)."""
+    counts indexed by a level in [0, max_layer_prune] (used by pruning at initialization).
+    Raises BadInputError for an unreachable target or an unprunable model, and PruneInternalError
+    (naming the module and the operation) for anything unexpected."""
+    with internal_errors(model):
+        return _prune(model, config, example_inputs, calib, data, progress, allocator)
+
+
+def _prune(model, config, example_inputs, calib, data, progress, allocator) -> PruneResult:
     if example_inputs is None or config.schedule != "oneshot" or config.epochs or config.unstructured:
         from slimkit.compress.prune.schedules import run_schedule
 
-        return run_schedule(model, config, example_inputs, calib, data=data, progress=progress)
+        with operation(f"running the {config.schedule} schedule"):
+            return run_schedule(model, config, example_inputs, calib, data=data, progress=progress)
     model.eval()
     x = example_inputs[:1].detach()
-    with torch.no_grad():
-        reference_out = model(x)
+    try:
+        with torch.no_grad():
+            reference_out = model(x)
+    except Exception as exc:  # the user's model and input disagree: not a pruning failure
+        raise BadInputError(f"the model does not run on an input of shape {list(x.shape)}: {type(exc).__name__}: {exc}") from exc
     clear_caches(model)
     out_shape = tuple(reference_out.shape)
     classifier = classifier_layers(model, out_shape[-1])
@@ -111,10 +124,11 @@ def prune_(
     protected: list[str] = []
 
     def check(pruned: nn.Module) -> None:
-        bad, message = locate_failure(pruned, x)
+        with operation("running the pruned model"):
+            bad, message = locate_failure(pruned, x)
         if bad is not None:
             raise _Broken(_same_code(pruned, bad), message)
-        with torch.no_grad():
+        with operation("running the pruned model"), torch.no_grad():
             shape = tuple(pruned(x).shape)
         clear_caches(pruned)
         if shape != out_shape:
@@ -123,19 +137,21 @@ def prune_(
     for _ in range(MAX_REPAIRS):
         plan = plan_groups(model, x, importance, classifier, list(config.ignore) + protected, analyse_model(model))
         if not plan.groups:
-            raise BadInputError("nothing in this model can be pruned safely (no prunable channel groups)")
+            raise BadInputError("nothing in this model can be pruned safely (no prunable channel groups): "
+                                + kept_whole_summary(plan, layer_stats(model, x)))
         try:
             best, trials = _search(model, x, plan, before, config, check, allocator)
             break
         except _Broken as broken:
             names = [n for n in broken.names if n not in protected]
             if not names:
-                raise BadInputError(f"pruning breaks the model's forward ({broken}); cannot repair") from broken
+                raise BadInputError(f"pruning breaks the forward of {broken.names[0]} ({broken}); cannot repair") from broken
             log.info("forward broke in %s (%s); protecting %s", broken.names[0], broken, ", ".join(names))
             protected.extend(names)
     else:
         raise BadInputError(f"pruning kept breaking the model's forward after protecting {', '.join(protected)}")
-    apply_plan(model, x, plan, best.keeps)
+    with operation("pruning the chosen channels"):
+        apply_plan(model, x, plan, best.keeps)
     check(model)
     after = {"macs": count_macs(model, x), "params": count_params(model)}
     return PruneResult(config.target, before, after, _achieved(config, best, after, before), best.level,
@@ -176,6 +192,6 @@ def _search(model, x, plan: Plan, before, config: PruneConfig, check, allocator=
     if abs(best.ratio / target.ratio - 1) > config.tolerance and not (target.kind == "latency" and best.ratio < target.ratio):
         raise BadInputError(
             f"target {target} is out of reach: the closest measured {target.kind} ratio was {best.ratio:.3f} "
-            f"(every layer keeps >= {1 - config.max_layer_prune:.0%}; protected parts stay whole)"
+            f"(every layer keeps >= {1 - config.max_layer_prune:.0%}; {kept_whole_summary(plan, layer_stats(model, x))})"
         )
     return best, trials

@@ -57,50 +57,61 @@ class ShapeRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        if first is not None:
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if tensors:
             outs = out if isinstance(out, (tuple, list)) else (out,)
             owner = self._stack[-1] if self._stack else None
             for o in outs:
                 if isinstance(o, torch.Tensor) and o.grad_fn is not None and o.grad_fn not in self.records:
                     name = getattr(func, "__name__", str(func))
-                    self.records[o.grad_fn] = OpRecord(name, tuple(first.shape), tuple(o.shape), owner)
+                    # A broadcast with a scalar or per-channel factor (`scale * x`, StarReLU) keeps x's
+                    # layout: the input of the output's shape is the one whose channels flow through.
+                    source = next((t for t in tensors if t.shape == o.shape), tensors[0])
+                    self.records[o.grad_fn] = OpRecord(name, tuple(source.shape), tuple(o.shape), owner)
         return out
+
+
+_GUARDED_MAPPINGS = ("update_reshape_index_mapping", "update_concat_index_mapping", "update_expand_index_mapping",
+                     "update_slice_index_mapping", "update_unbind_index_mapping")
 
 
 @contextlib.contextmanager
 def tolerant_index_mapping(failed: set | None = None) -> Iterator[set]:
-    """Let Torch-Pruning skip reshapes whose index mapping it cannot compute (e.g. a channel
-    shuffle divides by zero there); the nodes it gave up on are collected in `failed` and are
-    then treated as unsafe, so their groups stay whole."""
+    """Let Torch-Pruning skip ops whose index mapping it cannot compute (a channel shuffle divides
+    by zero in its reshape mapping; a concat of inputs whose widths it cannot infer adds None in
+    CoaT); the nodes it gave up on are collected in `failed` and are then treated as unsafe, so
+    their groups stay whole."""
     from torch_pruning.dependency import index_mapping
 
     failed = set() if failed is None else failed
-    original, original_split = index_mapping.update_reshape_index_mapping, index_mapping.update_split_index_mapping
+    originals = {name: getattr(index_mapping, name) for name in _GUARDED_MAPPINGS + ("update_split_index_mapping",)}
 
-    def guarded(graph, node) -> None:
-        try:
-            original(graph, node)
-        except (ZeroDivisionError, IndexError, TypeError, ValueError):
-            failed.add(node.module)
+    def guard(original):
+        def guarded(graph, node) -> None:
+            try:
+                original(graph, node)
+            except (ZeroDivisionError, IndexError, TypeError, ValueError):
+                failed.add(node.module)
+        return guarded
 
     def split_in_piece_order(graph, node) -> None:
         sizes = getattr(node.module, "split_sizes", None)
         if sizes and all(isinstance(v, int) for v in sizes):  # its SplitPruner updates the sizes but not the offsets it maps with
             node.module.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         if _order_split_outputs(node):
-            original_split(graph, node)
+            originals["update_split_index_mapping"](graph, node)
         else:
             failed.add(node.module)
 
-    index_mapping.update_reshape_index_mapping = guarded
+    for name in _GUARDED_MAPPINGS:
+        setattr(index_mapping, name, guard(originals[name]))
     index_mapping.update_split_index_mapping = split_in_piece_order
     try:
         with _indexed_group_lookup():
             yield failed
     finally:
-        index_mapping.update_reshape_index_mapping = original
-        index_mapping.update_split_index_mapping = original_split
+        for name, fn in originals.items():
+            setattr(index_mapping, name, fn)
 
 
 def _order_split_outputs(node) -> bool:
@@ -223,18 +234,49 @@ def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module]) ->
             if node.type == ops.OPTYPE.SLICE:
                 bad.append(module)  # a slice we could not see: its bounds may be stored sizes
             continue
-        channels = None
-        if node.inputs:
-            channels = shape_infer.infer_out_channels_recursively(graph, node.inputs[0], [0])
+        channels = _inferred_channels(graph, node, shape_infer)
         if node.type == ops.OPTYPE.SLICE:
             dim = getattr(node.grad_fn, "_saved_dim", None)
             axes = _channel_axes(rec.in_shape, channels) if channels else []
             if dim is None or not axes or dim % max(len(rec.in_shape), 1) in axes[:1]:
                 bad.append(module)
             continue
-        if not channel_preserved(rec, channels):
+        if not channel_preserved(rec, channels) or _moves_channels_off_layer_axis(node, rec, channels):
             bad.append(module)
     return bad
+
+
+def _inferred_channels(graph, node, shape_infer) -> int | None:
+    """Torch-Pruning's channel count into `node`; None where its inference fails (it indexes split
+    sizes by consumer position, out of range in EfficientViM): the op is then judged without it."""
+    if not node.inputs:
+        return None
+    try:
+        return shape_infer.infer_out_channels_recursively(graph, node.inputs[0], [0])
+    except (IndexError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _moves_channels_off_layer_axis(node, rec: OpRecord, channels: int | None) -> bool:
+    """A transpose that makes a layer read another axis than the channels (ResMLP / MLP-Mixer token
+    mixing: (B, N, C) -> (B, C, N) -> Linear(N, N)): Torch-Pruning passes channel indices through
+    any permute, and would hand C-channel indices to that Linear. Linears read the last axis, convs
+    axis 1, of the tensor they consume; a Linear producer wrote its features on the last axis."""
+    if rec.func not in _PERMUTES or len(rec.out_shape) < 3:
+        return False
+    consumers = _nearest_layers(node, "outputs")
+    # channels-last to channels-first before a conv (SAM's neck): the conv reads what the Linear wrote
+    to_conv = any(isinstance(m, nn.modules.conv._ConvNd) and rec.out_shape[1] == m.in_channels for m in consumers)
+    producers = _nearest_layers(node, "inputs")
+    if not to_conv and any(isinstance(m, nn.Linear) and rec.in_shape[-1] == m.out_features
+                           and rec.out_shape[-1] != m.out_features for m in producers):
+        return True
+    for m in consumers:
+        if isinstance(m, nn.Linear) and channels and rec.out_shape[-1] != channels:
+            return True
+        if isinstance(m, nn.modules.conv._ConvNd) and channels and rec.out_shape[1] != channels:
+            return True
+    return False
 
 
 _TORCH_NN = "torch.nn."
@@ -256,3 +298,37 @@ def locate_failure(model: nn.Module, example_inputs: torch.Tensor) -> tuple[nn.M
     finally:
         for h in handles:
             h.remove()
+
+
+def _nearest_layers(node, direction: str, depth: int = 4) -> list[nn.Module]:
+    """The conv / linear layers reached from `node` along `direction` ("inputs" or "outputs") through
+    at most `depth` layerless nodes (a Linear on a 3-D input shows as reshape -> mm -> reshape)."""
+    found, frontier, seen = [], list(getattr(node, direction)), set()
+    for _ in range(depth):
+        following = []
+        for n in frontier:
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if isinstance(n.module, (nn.Linear, nn.modules.conv._ConvNd)):
+                found.append(n.module)
+            elif not isinstance(n.module, nn.Module) or type(n.module).__module__.startswith("torch_pruning"):
+                following.extend(getattr(n, direction))
+        frontier = following
+    return found
+
+
+def index_out_of_range(graph, group) -> str | None:
+    """Name of a layer the group would prune at channel indices it does not have (a channel mapping
+    gone wrong through an op the rules above let pass); None when every index fits."""
+    names = graph._module2name
+    for dep, idxs in group:
+        m = dep.target.module
+        pruner = graph.get_pruner_of_module(m) if isinstance(m, nn.Module) else None
+        if pruner is None or not idxs:
+            continue
+        out = graph.is_out_channel_pruning_fn(dep.handler)
+        size = pruner.get_out_channels(m) if out else pruner.get_in_channels(m)
+        if isinstance(size, int) and max(int(i) for i in idxs) >= size:
+            return names.get(m, type(m).__name__)
+    return None

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from slimkit.compress.prune.adapters import ModelAdapters, analyse_model, clear_caches, fix_attributes
-from slimkit.compress.prune.safety import ShapeRecorder, tolerant_index_mapping, unsafe_nodes, unsupported_convs
+from slimkit.compress.prune.errors import operation
+from slimkit.compress.prune.pruners import dependency_graph
+from slimkit.compress.prune.whole import frozen_reasons, group_reason
+from slimkit.compress.prune.safety import ShapeRecorder, index_out_of_range, tolerant_index_mapping, unsafe_nodes, unsupported_convs
 
 __all__ = ["GroupPlan", "Plan", "plan_groups", "allocate", "apply_plan", "layer_stats"]
 
@@ -47,6 +49,7 @@ class GroupPlan:
 class Plan:
     groups: list[GroupPlan]
     frozen_notes: list[str] = field(default_factory=list)
+    whole: dict[str, str] = field(default_factory=dict)  # layer of a group left out -> why (names a module)
 
 
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -58,8 +61,10 @@ class _GroupScorer:
     expanded, so groups stop at them instead of exploding through a shuffle."""
 
     def __init__(self, model, example_inputs, importance, ignored_layers, num_heads, exempt) -> None:
-        with torch.enable_grad(), ShapeRecorder(model) as recorder, tolerant_index_mapping() as unmapped:
-            self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        with operation("building the dependency graph"), torch.enable_grad(), ShapeRecorder(model) as recorder, \
+                tolerant_index_mapping() as unmapped:
+            self.DG = dependency_graph(model, example_inputs)
+        self.records = recorder.records
         self.unsafe = unsafe_nodes(self.DG, recorder.records, exempt) + sorted(unmapped, key=id)
         for module in self.unsafe:
             self.DG.module2node[module].dependencies = []  # propagation stops here
@@ -82,7 +87,7 @@ class _GroupScorer:
         return out_groups, in_groups
 
     def groups(self) -> list:
-        with tolerant_index_mapping():
+        with operation("expanding dependency groups"), tolerant_index_mapping():
             return list(self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=_ROOT_TYPES))
 
     def channel_groups(self, group) -> int:
@@ -132,22 +137,35 @@ def plan_groups(model, example_inputs, importance, classifier: list[nn.Module], 
     unsafe = scorer.unsafe
     frozen.update(id(m) for m in unsafe)
     frozen.update(id(m) for m in unsupported_convs(model))
+    reasons = frozen_reasons(model, adapters.protected, ignore, unsafe, scorer.DG, scorer.records, unsupported_convs(model))
     stats = layer_stats(model, example_inputs)
-    groups, names, score_notes = [], scorer.DG._module2name, []
+    groups, names, score_notes, whole = [], scorer.DG._module2name, [], {}
     for group in scorer.groups():
         if _touches(group, frozen):
+            reason = group_reason(group, reasons) or "kept whole"
+            for dep, _ in group:
+                if dep.target.module in names:
+                    whole.setdefault(names[dep.target.module], reason)
             continue
         group = scorer.attention_root(group)
         if group is None:
             continue
-        plan = _score_group(scorer, group, names, stats, score_notes)
+        misfit = index_out_of_range(scorer.DG, group)
+        if misfit is not None:  # indices beyond a layer's width: the mapping is wrong, keep the group whole
+            score_notes.append(f"{misfit}: channel indices mapped beyond its width; its group is kept whole")
+            for dep, _ in group:
+                if dep.target.module in names:
+                    whole.setdefault(names[dep.target.module], f"channel indices mapped beyond the width of {misfit}")
+            continue
+        with operation("scoring channel groups"):
+            plan = _score_group(scorer, group, names, stats, score_notes)
         if plan is not None:
             groups.append(plan)
     clear_caches(model)
     notes = list(adapters.notes) + score_notes
     if unsafe:
         notes.append(f"{len(unsafe)} op(s) with channel mappings Torch-Pruning cannot follow: their groups kept")
-    return Plan(groups, notes)
+    return Plan(groups, notes, whole)
 
 
 def _scoring_problem(notes: list[str], root: str, message: str) -> None:
@@ -278,9 +296,12 @@ def apply_plan(model: nn.Module, example_inputs: torch.Tensor, plan: Plan, keeps
     """Prune `model` in place so group i keeps keeps[i] slots (highest scores survive)."""
     adapters = analyse_model(model)
     with torch.enable_grad(), tolerant_index_mapping():
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
-        _prune_groups(model, dg, plan, keeps)
-    fix_attributes(model, adapters)
+        with operation("building the dependency graph"):
+            dg = dependency_graph(model, example_inputs)
+        with operation("pruning channel groups"):
+            _prune_groups(model, dg, plan, keeps)
+    with operation("updating module attributes"):
+        fix_attributes(model, adapters)
     return model
 
 

@@ -1,0 +1,45 @@
+"""slimkit's dependency graph: Torch-Pruning's, with layer pruners fixed for blocks it gets wrong.
+
+Every graph slimkit builds comes from `dependency_graph`, so a rule added here holds for planning,
+for the search's trial copies and for the final cut alike:
+
+- GroupNorm without bias (`nn.GroupNorm(..., bias=False)`, timm `GroupNorm1` in PoolFormer-v2 and
+  other MetaFormers): Torch-Pruning prunes `bias` unconditionally and fails on None.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch_pruning as tp
+from torch_pruning import ops
+from torch_pruning.pruner import function
+
+__all__ = ["dependency_graph", "GroupNormPruner"]
+
+
+class GroupNormPruner(function.GroupNormPruner):
+    """Prunes a GroupNorm's channels and whichever of its affine parameters exist."""
+
+    def prune_out_channels(self, layer, idxs):
+        keep = sorted(set(range(layer.num_channels)) - set(int(i) for i in idxs))
+        layer.num_channels = len(keep)
+        for name in ("weight", "bias"):
+            param = getattr(layer, name, None)
+            if param is not None:
+                setattr(layer, name, self._prune_parameter_and_grad(param, keep, 0))
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+
+_REPLACED = {ops.OPTYPE.GN: GroupNormPruner()}
+
+
+def dependency_graph(model: torch.nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's DependencyGraph of `model` traced on `example_inputs`, with slimkit's pruners."""
+    dg = tp.DependencyGraph()
+    dg.REGISTERED_PRUNERS.update(_REPLACED)
+    pruners = [p for p in list(dg.REGISTERED_PRUNERS.values()) + list(dg.CUSTOMIZED_PRUNERS.values()) if p is not None]
+    dg._in_channel_pruning_fn = {p.prune_in_channels for p in pruners}  # Torch-Pruning's own handler caches
+    dg._out_channel_pruning_fn = {p.prune_out_channels for p in pruners}
+    return dg.build_dependency(model, example_inputs=example_inputs, verbose=False)

@@ -1,0 +1,176 @@
+"""Exact rules for blocks the sweep over timm families turned up, each on a tiny module of that shape.
+
+Each pruned model is compared with the original in which the removed channels are zeroed at the
+place where they stop mattering (the next layer's input columns), so 'pruned' means 'same function
+minus those channels', not merely 'runs'."""
+
+import pytest
+import torch
+import torch.nn as nn
+from torch_pruning.dependency import index_mapping
+
+from slimkit.compress.prune import PruneConfig, prune_
+from slimkit.compress.prune.errors import PruneInternalError  # noqa: F401  (the error these rules avoid)
+from slimkit.errors import BadInputError
+
+
+class StarReLU(nn.Module):
+    """MetaFormer's activation: scalar learnable scale and bias around relu(x)^2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale, self.bias = nn.Parameter(torch.tensor([0.8])), nn.Parameter(torch.tensor([0.1]))
+
+    def forward(self, x):
+        return self.scale * torch.relu(x) ** 2 + self.bias
+
+
+class Scale(nn.Module):
+    """timm MetaFormer Scale: a per-channel parameter viewed through a stored shape."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.shape = (dim, 1, 1)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, dim))
+
+    def forward(self, x):
+        return x * self.scale.view(self.shape)
+
+
+class Affine(nn.Module):
+    """ResMLP's learnable affine after a block: alpha * x + beta per channel, channels last."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.alpha, self.beta = nn.Parameter(torch.linspace(0.5, 1.5, dim)), nn.Parameter(torch.linspace(-0.1, 0.1, dim))
+
+    def forward(self, x):
+        return torch.addcmul(self.beta, self.alpha, x)
+
+
+class TokenMixer(nn.Module):
+    """ResMLP / MLP-Mixer token mixing: a Linear over the token axis between two transposes."""
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__()
+        self.linear_tokens = nn.Linear(tokens, tokens)
+
+    def forward(self, x):
+        return self.linear_tokens(x.transpose(1, 2)).transpose(1, 2)
+
+
+class MeanGate(nn.Module):
+    def forward(self, x):
+        return x * x.mean(1, keepdim=True).sigmoid()
+
+
+def _conv_net(middle: nn.Module, width: int = 16) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), middle, nn.Conv2d(width, 24, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+
+
+def _kept_rows(before: torch.Tensor, after: torch.Tensor) -> list[int]:
+    """Indices of `before`'s rows that survived in `after` (pruning keeps rows in order)."""
+    return [next(i for i in range(before.shape[0]) if torch.equal(before[i], row)) for row in after]
+
+
+def _prune_ratio(model: nn.Module, x: torch.Tensor, ratio: float = 0.5):
+    return prune_(model, PruneConfig(target=None, ratio=ratio, round_to=1), x)
+
+
+def _same_minus_removed(original: nn.Sequential, pruned: nn.Sequential, x, pairs=((0, 2), (2, 6)), atol=1e-5):
+    """pruned(x) == original(x) with the removed outputs of each layer `first` zeroed at the input
+    columns of layer `second` (for every (first, second) in `pairs`); returns the first pair's kept rows."""
+    found = []
+    with torch.no_grad():
+        for first, second in pairs:
+            kept = _kept_rows(original[first].bias.detach(), pruned[first].bias.detach())  # biases are distinct
+            mask = torch.zeros(original[first].weight.shape[0], dtype=torch.bool)
+            mask[kept] = True
+            original[second].weight[:, ~mask] = 0
+            found.append(kept)
+        torch.testing.assert_close(pruned(x), original(x), rtol=0, atol=atol)
+    return found[0]
+
+
+def test_group_norm_without_bias_is_pruned_with_its_weight():
+    model = _conv_net(nn.Sequential(nn.GroupNorm(1, 16, affine=True, bias=False), nn.ReLU()))
+    with torch.no_grad():
+        model[1][0].weight.copy_(torch.linspace(0.5, 2.0, 16))
+    original = [p.detach().clone() for p in (model[0].weight, model[1][0].weight)]
+    _prune_ratio(model, torch.randn(1, 3, 8, 8))
+    kept = _kept_rows(original[0], model[0].weight.detach())
+    norm = model[1][0]
+    assert norm.num_channels == len(kept) == model[0].out_channels == 8 and norm.bias is None
+    assert torch.equal(norm.weight.detach(), original[1][kept])
+
+
+def test_scalar_scale_and_bias_activation_does_not_block_its_channels():
+    model = _conv_net(StarReLU())
+    original = _conv_net(StarReLU())
+    x = torch.randn(2, 3, 8, 8)
+    result = _prune_ratio(model, x[:1])
+    assert model[0].out_channels == 8 and model[2].in_channels == 8  # before the rule: 16, kept whole
+    assert not any("cannot follow" in n for n in result.notes)
+    _same_minus_removed(original, model, x)
+
+
+def test_scale_with_stored_view_shape_is_rewritten():
+    model, original = _conv_net(Scale(16)), _conv_net(Scale(16))
+    x = torch.randn(2, 3, 8, 8)
+    result = _prune_ratio(model, x[:1])
+    assert result.protected == []  # its forward did not break, so nothing was protected
+    assert model[1].shape == (8, 1, 1) and model[1].scale.shape == (8,)
+    kept = _same_minus_removed(original, model, x)
+    assert torch.equal(model[1].scale.detach(), original[1].scale.detach()[kept])
+
+
+def test_affine_after_activation_pruned_and_token_mixing_kept_apart():
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(12, 16), TokenMixer(4), nn.Linear(16, 32), nn.GELU(), Affine(32),
+                             nn.Linear(32, 16), nn.Linear(16, 10))
+
+    model, original = net(), net()
+    x = torch.randn(2, 4, 12)
+    beta = original[4].beta.detach().clone()
+    result = _prune_ratio(model, x[:1])
+    assert model[1].linear_tokens.in_features == 4 == model[1].linear_tokens.out_features  # tokens untouched
+    assert model[0].out_features == 16  # the stream through the token transposes is kept whole, and said so
+    assert any("cannot follow" in n for n in result.notes)
+    assert model[2].out_features == 16 and model[4].alpha.shape == (16,) and model[5].in_features == 16
+    kept = _same_minus_removed(original, model, x, pairs=((2, 5), (5, 6)))
+    assert torch.equal(model[4].beta.detach(), beta[kept])
+
+
+def test_unmappable_concat_keeps_its_groups_whole(monkeypatch):
+    class Cat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+            self.head = nn.Sequential(nn.Conv2d(16, 16, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+        def forward(self, x):
+            return self.head(torch.cat([self.a(x), self.b(x)], 1))
+
+    def cannot(graph, node):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")  # what CoaT's concat raised
+
+    monkeypatch.setattr(index_mapping, "update_concat_index_mapping", cannot)
+    model = Cat()
+    result = _prune_ratio(model, torch.randn(1, 3, 8, 8))
+    assert model.a.out_channels == 8 and model.b.out_channels == 8 and model.head[0].in_channels == 16
+    assert model.head[0].out_channels == 8  # the group behind the concat is still pruned
+    assert any("cannot follow" in n for n in result.notes)
+
+
+def test_refusal_names_the_module_that_blocks():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), MeanGate(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    with pytest.raises(BadInputError) as info:
+        _prune_ratio(model, torch.randn(1, 3, 6, 6))  # 6 != 8 channels: no axis looks like the channels
+    message = str(info.value)
+    assert message.startswith("nothing in this model can be pruned safely (no prunable channel groups): "
+                              "100% of the MACs are in layers kept whole, the largest: 0 (its channels reach `mean` "
+                              "[1, 8, 6, 6] -> [1, 1, 6, 6] in 1 (MeanGate)"), message
