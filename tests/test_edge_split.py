@@ -13,7 +13,7 @@ from cli_helpers import run_cli, tiny_model_file
 
 pytest.importorskip("constriction")
 
-from slimkit.deploy.edge.split import DevicePart, FactorizedPrior, ServerPart, SplitConfig, build_split  # noqa: E402
+from slimkit.deploy.edge.split import PRIOR_GAIN, DevicePart, FactorizedPrior, ServerPart, SplitConfig, build_split  # noqa: E402
 from slimkit.deploy.edge.split_codec import PriorTables, decode, encode  # noqa: E402
 
 
@@ -21,7 +21,7 @@ def _prior(channels: int = 3) -> FactorizedPrior:
     torch.manual_seed(0)
     prior = FactorizedPrior(channels)
     with torch.no_grad():
-        prior.log_scale.fill_(np.log(0.7))
+        prior.log_scale.fill_(np.log(0.7) / PRIOR_GAIN)
     return prior
 
 

@@ -19,6 +19,9 @@ __all__ = ["quantize", "SplitConfig", "FactorizedPrior", "SplitNet", "DevicePart
 
 SUPPORT_RADIUS = 127  # integer symbols the prior's tables cover, each side of 0
 TAIL_MASS = 1e-6  # prior mass left outside a channel's support (symbols there are clamped)
+# A split is fine-tuned for few steps, and Adam moves a raw parameter by about lr per step: the prior's
+# parameters are stored divided by this gain so its density can follow the encoder within a short run.
+PRIOR_GAIN = 20.0
 
 
 @dataclass
@@ -39,15 +42,16 @@ class FactorizedPrior(nn.Module):
     def __init__(self, channels: int, mixtures: int = 3) -> None:
         super().__init__()
         spread = torch.linspace(-2.0, 2.0, mixtures).repeat(channels, 1)
-        self.loc = nn.Parameter(spread)
+        self.loc = nn.Parameter(spread / PRIOR_GAIN)
         self.log_scale = nn.Parameter(torch.zeros(channels, mixtures))
         self.logits = nn.Parameter(torch.zeros(channels, mixtures))
 
     def cdf(self, y: torch.Tensor) -> torch.Tensor:
         """CDF of each element of y (N, C, H, W) under its channel's mixture."""
         shape = (1, -1, 1, 1, self.loc.shape[1])
-        z = (y.unsqueeze(-1) - self.loc.view(shape)) * torch.exp(-self.log_scale).view(shape)
-        return (torch.sigmoid(z) * torch.softmax(self.logits, dim=1).view(shape)).sum(-1)
+        loc, inv_scale = self.loc * PRIOR_GAIN, torch.exp(-self.log_scale * PRIOR_GAIN)
+        z = (y.unsqueeze(-1) - loc.view(shape)) * inv_scale.view(shape)
+        return (torch.sigmoid(z) * torch.softmax(self.logits * PRIOR_GAIN, dim=1).view(shape)).sum(-1)
 
     def likelihood(self, y: torch.Tensor) -> torch.Tensor:
         return (self.cdf(y + 0.5) - self.cdf(y - 0.5)).clamp_min(1e-9)

@@ -18,7 +18,7 @@ from slimkit.deploy.edge.split_codec import PriorTables, decode, encode
 
 __all__ = ["SplitRunner", "measure_split", "input_codec_rows", "naive_split_row", "compare", "top1_of"]
 
-INPUT_CODECS = [("JPEG", q) for q in (10, 30, 50, 75, 95)] + [("WEBP", q) for q in (10, 30, 50, 75, 95)] + [
+INPUT_CODECS = [("JPEG", q) for q in (5, 10, 30, 50, 75, 95)] + [("WEBP", q) for q in (0, 5, 10, 30, 50, 75, 95)] + [
     ("PNG", None)]
 
 
