@@ -90,7 +90,7 @@ def bench_cascade(work: Path) -> dict:
             "environment": environment(report["threads"])}
 
 
-SPLIT_LAMBDAS = [1.0, 4.0]
+SPLIT_LAMBDAS = [0.3, 1.0, 4.0]
 SPLIT_ARGS = ["deploy", "split", "{work}/parent", "--at", "13", "--bottleneck", "4", "--hidden", "16", "--lambda",
               "{lam}", "--data", "fashion-mnist", "--train-samples", "6000", "--val-samples", "2000", "--epochs", "1",
               "--trust-code"]

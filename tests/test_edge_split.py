@@ -97,3 +97,16 @@ def test_cli_split_bad_layer(tmp_path, monkeypatch, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--at nope" in err and "possible:" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_compare_needs_equal_accuracy():
+    from slimkit.deploy.edge.split_measure import compare
+
+    codecs = [{"codec": "WEBP q0", "bytes_mean": 100.0, "top1": 79.0}, {"codec": "PNG", "bytes_mean": 500.0, "top1": 85.0},
+              {"codec": "naive split", "bytes_mean": 10.0, "top1": 90.0}]
+    c = compare({"bytes_mean": 40.0, "top1": 78.8}, codecs)
+    assert (c["best_input_codec"], c["bytes_ratio"], c["aim_met"]) == ("WEBP q0", 2.5, True)
+    c = compare({"bytes_mean": 40.0, "top1": 75.0}, codecs)  # 2.5x fewer bytes, but 4 points worse
+    assert (c["best_input_codec"], c["accuracy_gap_points"], c["aim_met"]) == ("WEBP q0", 4.0, False)
+    c = compare({"bytes_mean": 400.0, "top1": 88.0}, codecs)  # more accurate than every input codec
+    assert (c["best_input_codec"], c["codec_matches_accuracy"], c["aim_met"]) == ("PNG", False, False)
