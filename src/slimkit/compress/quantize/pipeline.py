@@ -22,8 +22,9 @@ from slimkit.compress.quantize.graph import OnnxGraph
 from slimkit.compress.quantize.int8_format import choose_format
 from slimkit.compress.quantize.ort_eval import accuracy
 from slimkit.compress.quantize.ptq import Int8Builder, QuantSettings, prepare_fp32
-from slimkit.compress.quantize.speed_guard import (LatencyFn, OrtLatency, SpeedGuardResult, final_check, speed_groups,
-                                                   speed_guard)
+from slimkit.compress.quantize.op_profile import OrtOpProfiler
+from slimkit.compress.quantize.speed_guard import (LatencyFn, OrtLatency, SpeedGuardResult, final_check, fused_closure,
+                                                   speed_groups, speed_guard)
 from slimkit.utils.io import atomic_dir, atomic_write_json
 
 __all__ = ["quantize_ptq", "has_depthwise"]
@@ -130,10 +131,13 @@ def quantize_ptq(
             float_nodes[node] = "accuracy: tuner kept the most sensitive layers float"
         if config.speed_guard:
             say("speed guard: timing fp32 and int8 variants interleaved")
-            graph = OnnxGraph(sources.builder(settings.per_channel).fp32_path)
+            graph_path = sources.builder(settings.per_channel).fp32_path
+            graph = OnnxGraph(graph_path)
             sources.notes["onnx_shape_inference"] = graph.shape_error or "ok"
-            groups = speed_groups(graph)
-            guard = speed_guard(sources.build, fp32_path, settings, groups, latency, final_latency=final_latency)
+            groups = {k: fused_closure(graph, v) for k, v in speed_groups(graph).items()}
+            profiler = OrtOpProfiler(input_size, [n.name for n in graph.nodes], threads=conditions_threads(latency))
+            guard = speed_guard(sources.build, fp32_path, settings, groups, latency, final_latency=final_latency,
+                                profiler=profiler, profile_fp32=graph_path)
             settings = guard.settings
             float_nodes.update(guard.float_nodes)
         else:
@@ -152,6 +156,11 @@ def quantize_ptq(
         atomic_write_json(tmp / "report.json", report)
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def conditions_threads(latency) -> int:
+    """The thread count the latency figures use, so op profiles match them (1 when the timer does not say)."""
+    return int(getattr(latency, "threads", 1) or 1)
 
 
 def _exact_check(path: Path, data: QuantData, fmt) -> dict:

@@ -75,7 +75,24 @@ def prepare_fp32(src: str | Path, dst: str | Path) -> Path:
     except Exception as exc:  # pre-processing is an optimisation, never a reason to fail
         log.info("quant_pre_process failed (%s); quantizing the exported graph as is", exc)
         shutil.copyfile(src, dst)
+    _name_nodes(Path(dst))
     return Path(dst)
+
+
+def _name_nodes(path: Path) -> None:
+    """Give unnamed nodes (ORT inlines HardSwish into nameless HardSigmoid + Mul) their output tensor's name.
+
+    Quantization excludes nodes by name and the op profiler charges time by name: a nameless node could
+    neither be kept float nor priced. Tensor names are unique, and ORT's Q/DQ names start with them.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    unnamed = [n for n in model.graph.node if not n.name and n.output]
+    if unnamed:
+        for n in unnamed:
+            n.name = n.output[0]
+        onnx.save(model, str(path))
 
 
 # ORT's quantize_static cannot pass histogram sizes, and its entropy defaults (128 bins, 128 quantized

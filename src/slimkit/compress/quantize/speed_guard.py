@@ -1,11 +1,13 @@
 """Speed guard: int8 is only worth handing back if it is faster, measured, in the same run as fp32.
 
-On x86 ONNX Runtime, int8 QDQ gains a lot on big convs and little or nothing (or loses) on SE blocks,
-sigmoid/hard-swish gating, depthwise convs and tiny layers, where Quantize/Dequantize overhead eats the
-gain. The guard builds variants that keep one such group in float, times them interleaved with the
-all-int8 model (slimkit.profile.timing.measure_interleaved), keeps a group in float when that is
-measurably faster, and finally times fp32 against the chosen int8 model. If int8 is still slower it
-says so loudly and flags the report; it never hides it.
+On x86 ONNX Runtime, int8 QDQ gains a lot on big convs and little or nothing (or loses) on depthwise
+convs, hard-swish, squeeze-excite gates, residual adds and tiny layers, where Quantize/Dequantize and
+unfused elementwise kernels eat the gain (fp32 fuses them into the conv). Rather than hand back fp32 when
+the whole int8 model is slow, the guard profiles fp32 and all-int8 op by op (ONNX Runtime's profiler,
+op_profile), prices each op group in both, builds mixed models that keep the groups that lose time in
+float, times them interleaved with fp32 and all-int8 (slimkit.profile.timing.measure_interleaved) and keeps
+the fastest. It then times fp32 against the chosen model; if int8 is still slower it says so loudly and
+flags the report; it never hides it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from slimkit.compress.quantize.graph import OnnxGraph
+from slimkit.compress.quantize.op_profile import UNATTRIBUTED, group_costs
 from slimkit.compress.quantize.ptq import QuantSettings
 from slimkit.profile.timing import Timing, measure_interleaved
 
-__all__ = ["OrtLatency", "speed_groups", "speed_guard", "final_check", "SpeedGuardResult", "LatencyFn"]
+__all__ = ["OrtLatency", "speed_groups", "fused_closure", "losing_groups", "speed_guard", "final_check", "SpeedGuardResult", "LatencyFn"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,17 @@ def _se_blocks(g: OnnxGraph) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _hard_swish(g: OnnxGraph) -> list[str]:
+    """HardSwish nodes, and the x * HardSigmoid(x) pairs PyTorch's exporter writes for nn.Hardswish."""
+    found = [n.name for n in g.nodes if n.op_type == "HardSwish"]
+    for n in g.nodes:
+        if n.op_type == "Mul":
+            sig = next((p for i in n.input if (p := g.upstream(i)) is not None and p.op_type == "HardSigmoid"), None)
+            if sig is not None and sig.input[0] in n.input:
+                found += [sig.name, n.name]
+    return found
+
+
 def speed_groups(g: OnnxGraph, tiny_fraction: float = 0.01) -> dict[str, list[str]]:
     """Candidate node groups to keep in float, by pattern. Empty groups are dropped.
 
@@ -89,11 +103,13 @@ def speed_groups(g: OnnxGraph, tiny_fraction: float = 0.01) -> dict[str, list[st
     """
     layers = g.layers()
     largest = max((l.macs for l in layers), default=0)
-    gating = [n.name for n in g.nodes if n.op_type in _GATES]
-    gating += [n.name for n in g.nodes if n.op_type == "Mul" and any(
+    hswish = _hard_swish(g)
+    gating = [n.name for n in g.nodes if n.op_type in _GATES and n.name not in hswish]
+    gating += [n.name for n in g.nodes if n.op_type == "Mul" and n.name not in hswish and any(
         (p := g.upstream(i)) is not None and p.op_type in _GATES for i in n.input)]
     groups = {
         "se_blocks": _se_blocks(g),
+        "hard_swish": hswish,
         "gating_activations": list(dict.fromkeys(gating)),
         "depthwise_convs": [l.name for l in layers if l.depthwise],
         "tiny_layers": [l.name for l in layers if l.macs < tiny_fraction * largest],
@@ -108,6 +124,7 @@ class SpeedGuardResult:
     path: Path
     float_nodes: dict[str, str] = field(default_factory=dict)  # node -> why it stayed float for speed
     trials: list[dict] = field(default_factory=list)
+    profile: dict | None = None  # profiled ms per group, fp32 and int8
     fp32: Timing | None = None
     int8: Timing | None = None
     speedup: float = float("nan")  # fp32 median / int8 median, same interleaved run
@@ -117,14 +134,56 @@ class SpeedGuardResult:
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "speedup": self.speedup, "slower_than_fp32": self.slower_than_fp32,
-                "warning": self.warning, "float_nodes": self.float_nodes, "trials": self.trials,
+                "warning": self.warning, "float_nodes": self.float_nodes, "trials": self.trials, "profile": self.profile,
                 "fp32_ms": self.fp32.to_dict() if self.fp32 else None, "int8_ms": self.int8.to_dict() if self.int8 else None}
 
 
-def _try(build, latency: LatencyFn, current: QuantSettings, trial: QuantSettings, margin: float) -> tuple[bool, dict]:
-    t = latency({"current": build(current), "trial": build(trial)})
-    ratio = t["trial"].median / t["current"].median
-    return ratio < 1.0 - margin, {"ratio_vs_current": ratio, "current_ms": t["current"].median, "trial_ms": t["trial"].median}
+_ACTS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid", "HardSwish", "Tanh")
+
+
+def fused_closure(g: OnnxGraph, nodes: Sequence[str]) -> list[str]:
+    """`nodes` plus the partners ONNX Runtime fuses them with in fp32 (conv + its activation, hard-swish's Mul).
+
+    fp32 runs Conv+Relu (or +HardSwish) as one kernel, profiled under one name: a group is only priced and
+    kept float together with its partners, or keeping it float would split a fused kernel.
+    """
+    out = list(nodes)
+    for name in nodes:
+        node = g.by_name.get(name)
+        if node is None:
+            continue
+        if node.op_type in ("Conv", "Gemm"):
+            users = g.users(node.output[0])
+            if len(users) == 1 and users[0].op_type in _ACTS:
+                out.append(users[0].name)
+                out += [u.name for u in g.users(users[0].output[0]) if u.op_type == "Mul" and node.output[0] in u.input]
+        elif node.op_type in _ACTS or node.op_type == "Add":
+            for i in node.input:
+                up = g.upstream(i)
+                if up is not None and up.op_type == "Conv" and len(g.users(i)) <= 2:
+                    out.append(up.name)
+    return list(dict.fromkeys(out))
+
+
+def losing_groups(groups: dict[str, list[str]], fp32_ms: dict[str, float], int8_ms: dict[str, float],
+                  min_loss_ms: float) -> list[dict]:
+    """Groups whose profiled int8 time exceeds their fp32 time by more than `min_loss_ms`, biggest loss first."""
+    rows = [{"group": name, "nodes": len(nodes), **group_costs(nodes, fp32_ms, int8_ms)} for name, nodes in groups.items()]
+    return sorted([r for r in rows if r["loss_ms"] > min_loss_ms], key=lambda r: -r["loss_ms"])
+
+
+def _candidates(settings: QuantSettings, groups: dict[str, list[str]], losing: list[dict], most: int) -> dict[str, QuantSettings]:
+    """Mixed assignments to time: float for the worst losing group, the two worst, ... (cumulative)."""
+    out, current, names = {}, settings, []
+    for row in losing:
+        if len(out) == most:
+            break
+        names.append(row["group"])
+        if set(groups[row["group"]]) <= current.exclude:
+            continue  # nested in a group already float (SE gates inside SE blocks): nothing new to time
+        current = current.with_exclude(groups[row["group"]])
+        out["+".join(names)] = current
+    return out
 
 
 def speed_guard(
@@ -134,34 +193,49 @@ def speed_guard(
     groups: dict[str, list[str]],
     latency: LatencyFn,
     *,
+    profiler: Callable[[Path], dict[str, float]] | None = None,
+    profile_fp32: Path | None = None,
     margin: float = 0.03,
+    min_loss_fraction: float = 0.01,
+    most: int = 3,
     final_latency: LatencyFn | None = None,
 ) -> SpeedGuardResult:
-    """Keep in float the groups that measurably slow int8 down, then time fp32 against the result.
+    """Keep in float the op groups that lose time in int8 (ORT's profiler), keep the mixed model only if it
+    measures faster, then time fp32 against the result.
 
-    `latency` screens the variants; `final_latency` (default: the same) times fp32 against the result.
+    `profiler(path)` gives ms per source node; `profile_fp32` is the fp32 graph whose names the int8 model
+    keeps (default `fp32_path`). A group loses when its int8 ms exceed its fp32 ms by more than
+    `min_loss_fraction` of the int8 model's profiled total. The all-int8 model and up to `most` cumulative
+    mixed assignments are then timed interleaved with fp32 (`latency`); the fastest int8 one is kept, a
+    mixed one only when it beats all-int8 by `margin`. `final_latency` (default: `latency`) gives the verdict.
     """
-    paths = {"int8": build(settings)}
+    result = SpeedGuardResult(settings, build(settings))
     todo = {g: [n for n in nodes if n not in settings.exclude] for g, nodes in groups.items()}
     todo = {g: nodes for g, nodes in todo.items() if nodes}
-    for g, nodes in todo.items():
-        paths[g] = build(settings.with_exclude(nodes))
-    result = SpeedGuardResult(settings, paths["int8"])
-    if todo:
-        first = latency(paths)
-        base = first["int8"].median
-        ranked = sorted(todo, key=lambda g: first[g].median)
-        current = settings
-        for g in ranked:
-            result.trials.append({"group": g, "nodes": len(todo[g]), "screen_ratio_vs_int8": first[g].median / base})
-            if first[g].median >= base * (1.0 - margin):
-                continue
-            better, info = _try(build, latency, current, current.with_exclude(todo[g]), margin)
-            result.trials[-1].update(info, kept_float=better)
-            if better:
-                current = current.with_exclude(todo[g])
-                result.float_nodes.update({n: f"speed: {g} measured faster in float" for n in todo[g]})
-        result.settings, result.path = current, build(current)
+    if todo and profiler is not None:
+        fp32_ms, int8_ms = profiler(Path(profile_fp32 or fp32_path)), profiler(result.path)
+        losing = losing_groups(todo, fp32_ms, int8_ms, min_loss_fraction * sum(int8_ms.values()))
+        result.profile = {"fp32_ms": sum(fp32_ms.values()), "int8_ms": sum(int8_ms.values()),
+                          "unattributed_int8_ms": int8_ms.get(UNATTRIBUTED, 0.0),
+                          "groups": {g: group_costs(n, fp32_ms, int8_ms) for g, n in todo.items()},
+                          "losing": [r["group"] for r in losing]}
+        candidates = _candidates(settings, todo, losing, most)
+        if candidates:
+            paths = {"fp32": Path(fp32_path), "int8": result.path, **{k: build(s) for k, s in candidates.items()}}
+            t = latency(paths)
+            best = min(candidates, key=lambda k: t[k].median)
+            for k in candidates:
+                result.trials.append({"float_groups": k.split("+"), "ratio_vs_int8": t[k].median / t["int8"].median,
+                                      "speedup_vs_fp32": t["fp32"].median / t[k].median, "kept": False})
+            result.trials.append({"float_groups": [], "ratio_vs_int8": 1.0,
+                                  "speedup_vs_fp32": t["fp32"].median / t["int8"].median, "kept": True})
+            if t[best].median < t["int8"].median * (1.0 - margin):
+                result.trials[-1]["kept"] = False
+                result.trials[list(candidates).index(best)]["kept"] = True
+                result.settings, result.path = candidates[best], paths[best]
+                for g in best.split("+"):
+                    result.float_nodes.update({n: f"speed: {g} lose time in int8 (profiled), mixed model measured faster"
+                                               for n in todo[g] if n not in result.float_nodes})
     return final_check(final_latency or latency, fp32_path, result, margin)
 
 
