@@ -3,6 +3,7 @@ MAC overhead), and the confidence cascade on Fashion-MNIST.
 
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py patch
     flock -x /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py cascade [WORKDIR]
+    flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py split [WORKDIR]   (after cascade)
 
 Writes benchmarks/results/edge_bench.json (one key per technique) and edge_patch.png.
 """
@@ -89,6 +90,29 @@ def bench_cascade(work: Path) -> dict:
             "environment": environment(report["threads"])}
 
 
+SPLIT_LAMBDAS = [0.3, 1.0, 4.0]
+SPLIT_ARGS = ["deploy", "split", "{work}/parent", "--at", "13", "--bottleneck", "4", "--hidden", "16", "--lambda",
+              "{lam}", "--data", "fashion-mnist", "--train-samples", "6000", "--val-samples", "2000", "--epochs", "1",
+              "--trust-code"]
+
+
+def bench_split(work: Path) -> dict:
+    """The cascade benchmark's parent CNN split after its second pooling (7x7), one run per lambda."""
+    rows, commands = [], []
+    for lam in SPLIT_LAMBDAS:
+        folder = work / f"split_l{lam:g}"
+        command = [sys.executable, "-m", "slimkit.cli.main", *(a.format(work=work, lam=lam) for a in SPLIT_ARGS),
+                   "--out", str(folder)]
+        commands.append(" ".join(command[3:]))
+        if not folder.exists():
+            subprocess.run(command, cwd=ROOT, check=True)
+        report = json.loads((folder / "report.json").read_text())
+        for key in ("train_history", "exports"):
+            report.pop(key)
+        rows.append(report)
+    return {"commands": commands, "rows": rows, "environment": environment(1)}
+
+
 def main(which: str) -> None:
     path = RESULTS / "edge_bench.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -97,6 +121,8 @@ def main(which: str) -> None:
         patch_figure(results["patch"]["rows"])
     elif which == "cascade":
         results["cascade"] = bench_cascade(Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/edge_runs"))
+    elif which == "split":
+        results["split"] = bench_split(Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/edge_runs"))
     path.write_text(json.dumps(results, indent=2) + "\n")
 
 

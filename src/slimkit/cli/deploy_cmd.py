@@ -1,4 +1,4 @@
-"""`slimkit deploy patch|cascade ...`: edge techniques (see docs/edge.md)."""
+"""`slimkit deploy patch|cascade|split ...`: edge techniques (see docs/edge.md)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from slimkit.cli.common import DATA_OPT, INPUT_SIZE_OPT, MODEL_HELP, VAL_SAMPLES_OPT, console
+from slimkit.cli.common import DATA_OPT, INPUT_SIZE_OPT, MODEL_HELP, TRAIN_SAMPLES_OPT, VAL_SAMPLES_OPT, console
 
 __all__ = ["register", "deploy_app"]
 
-deploy_app = typer.Typer(help="Edge techniques: patch-based inference, confidence cascades.", no_args_is_help=True)
+deploy_app = typer.Typer(help="Edge techniques: patch-based inference, confidence cascades, split computing.", no_args_is_help=True)
 
 
 @deploy_app.command("patch")
@@ -125,3 +125,67 @@ def cascade(
         f"{m['cascade_ms']['mean']:.3f} ms, p90 {m['cascade_ms']['p90']:.3f} ms; BIG alone mean "
         f"{m['big_alone_ms']['mean']:.3f} ms ({m['big_alone_ms']['mean'] / m['cascade_ms']['mean']:.2f}x)\n"
         f"cascade: {out}", highlight=False, soft_wrap=True)
+
+
+@deploy_app.command("split")
+def split(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    at: str = typer.Option(..., "--at", help="Cut after this module (e.g. 3 or features.2); the device runs up to it"),
+    bottleneck: int = typer.Option(8, "--bottleneck", min=1, help="Channels of the coded bottleneck"),
+    hidden: Optional[int] = typer.Option(None, "--hidden", min=1, help="Encoder/decoder width (default: the cut's "
+                                         "channels); the encoder runs on the device"),
+    lam: float = typer.Option(0.1, "--lambda", help="Rate weight: loss = KD + lambda x kilobits per image"),
+    out: Path = typer.Option(..., "--out", "-o", help="Split directory: device/, server/, split.json, report.json"),
+    data: str = DATA_OPT,
+    epochs: int = typer.Option(3, "--epochs", min=1),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop training after N steps"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    train_samples: Optional[int] = TRAIN_SAMPLES_OPT,
+    val_samples: Optional[int] = VAL_SAMPLES_OPT,
+    threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads for the device timing"),
+    input_size: Optional[str] = INPUT_SIZE_OPT,
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code to import it"),
+) -> None:
+    """Split computing (Entropic Student): a KD-trained, entropy-coded bottleneck between device and server."""
+    from slimkit.data import load_data
+    from slimkit.deploy.edge.split import SplitConfig
+    from slimkit.deploy.edge.split_report import deploy_split
+    from slimkit.engine.config import TrainConfig
+    from slimkit.models import load_model
+    from slimkit.utils.io import atomic_dir, save_resolved_args
+    from slimkit.utils.parse import parse_input_size
+
+    net, info = load_model(model, trust_code=trust_code)
+    size = parse_input_size(input_size) or tuple(info.input_size)
+    cfg = SplitConfig(at=at, channels=bottleneck, hidden=hidden)
+    from slimkit.deploy.edge.split import build_split
+
+    build_split(net.eval(), size, cfg)  # a bad --at fails before data loading and training
+    bundle = load_data(data, input_size=size, train_samples=train_samples, val_samples=val_samples,
+                       mean=info.mean, std=info.std)
+    config = TrainConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size)
+    with atomic_dir(out) as tmp:
+        report = deploy_split(net, bundle, cfg, lam, config, tmp, threads=threads)
+        save_resolved_args(tmp, "deploy split", {"model": model, "at": at, "bottleneck": bottleneck, "hidden": hidden,
+                                                 "lambda": lam,
+                                                 "data": data, "epochs": epochs, "max_steps": max_steps, "lr": lr,
+                                                 "input_size": list(size)})
+    _print_split(report, out)
+
+
+def _print_split(r: dict, out: Path) -> None:
+    s, c, m = r["split"], r["comparison"], r["macs"]
+    naive = r["baselines"][-1]
+    console().print(
+        f"split after {r['at']} ({'x'.join(map(str, r['cut_shape']))} -> {'x'.join(map(str, r['code_shape']))} coded): "
+        f"{s['bytes_mean']:.1f} B/image (range coder, decoded exactly: {s['decoded_exact']}), top-1 {s['top1']:.2f}% "
+        f"(original {r['original_top1']:.2f}%, {s['images']} images)\n"
+        f"cheapest input codec at least as accurate: {c['best_input_codec']} {c['codec_bytes']:.1f} B, top-1 "
+        f"{c['codec_top1']:.2f}% -> split is {c['bytes_ratio']:.2f}x smaller, {c['accuracy_gap_points']:+.2f} points "
+        f"(aim 2x at equal accuracy: {'met' if c['aim_met'] else 'NOT met'})\n"
+        f"{naive['codec']}: {naive['bytes_mean']:.1f} B, top-1 {naive['top1']:.2f}%\n"
+        f"device part: {m['device'] / 1e6:.3f} M MACs ({100 * m['device_fraction']:.1f}% of the model), "
+        f"{r['device_latency_ms']['device_model']['median']:.3f} ms + coder "
+        f"{r['device_latency_ms']['range_encode']['median']:.3f} ms (ONNX Runtime, {r['threads']} thread(s))\n"
+        f"split: {out}", highlight=False, soft_wrap=True)

@@ -45,12 +45,12 @@ class Traced:
         """Input nodes that carry a spatial map (constants and shapes excluded)."""
         return [a for a in node.all_input_nodes if a.name in self.shapes and len(self.shapes[a.name]) == 4]
 
-    def find_cut(self, name: str) -> Cut:
+    def find_cut(self, name: str, flag: str = "--until") -> Cut:
         for cut in self.cuts:
             if name in cut.labels or name == cut.node:
                 return cut
         hint = ", ".join(c.label for c in self.cuts[-8:]) or "none"
-        raise BadInputError(f"--until {name}: not a point where the network can be cut after local ops only "
+        raise BadInputError(f"{flag} {name}: not a point where the network can be cut after local ops only "
                             f"(possible: {hint})")
 
 
@@ -130,4 +130,14 @@ def tail_module(t: Traced, cut: Cut) -> fx.GraphModule:
         if node.op == "placeholder":
             continue
         env[node] = graph.node_copy(node, lambda a: env[a])
+    return fx.GraphModule(t.gm, graph)
+
+
+def head_module(t: Traced, cut: Cut) -> fx.GraphModule:
+    """A GraphModule running everything up to and including `cut`, returning the cut tensor."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in list(t.gm.graph.nodes)[: cut.index + 1]:
+        env[node] = graph.node_copy(node, lambda a: env[a])
+    graph.output(env[t.nodes[cut.index]])
     return fx.GraphModule(t.gm, graph)

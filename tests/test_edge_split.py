@@ -1,0 +1,112 @@
+"""Split computing: the prior's tables, the range-coder round trip, the two parts, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from cli_helpers import run_cli, tiny_model_file
+
+pytest.importorskip("constriction")
+
+from slimkit.deploy.edge.split import PRIOR_GAIN, DevicePart, FactorizedPrior, ServerPart, SplitConfig, build_split  # noqa: E402
+from slimkit.deploy.edge.split_codec import PriorTables, decode, encode  # noqa: E402
+
+
+def _prior(channels: int = 3) -> FactorizedPrior:
+    torch.manual_seed(0)
+    prior = FactorizedPrior(channels)
+    with torch.no_grad():
+        prior.log_scale.fill_(np.log(0.7) / PRIOR_GAIN)
+    return prior
+
+
+def test_tables_are_pmfs_of_the_prior():
+    prior = _prior()
+    lows, pmfs = prior.tables()
+    for c, (lo, p) in enumerate(zip(lows, pmfs)):
+        assert abs(sum(p) - 1) < 1e-12 and lo <= -2
+        q = torch.tensor([0.0]).view(1, 1, 1, 1).expand(1, 3, 1, 1)
+        unnormalised = float(prior.likelihood(q)[0, c, 0, 0].detach())
+        assert abs(p[-lo] - unnormalised) < 1e-5  # the tail mass cut off is < 2e-6
+
+
+def test_range_coder_round_trip_is_exact_and_near_the_entropy():
+    prior = _prior()
+    tables = PriorTables(*prior.tables())
+    rng = np.random.default_rng(0)
+    symbols = np.stack([rng.choice(np.arange(lo, lo + len(p)), size=(6, 5), p=p)
+                        for lo, p in zip(tables.lows, tables.pmfs)]).astype(np.float32)
+    stream = encode(symbols, tables)
+    assert np.array_equal(decode(stream, tables, symbols.shape), symbols)
+    ideal = -sum(np.log2(tables.pmfs[c][int(s) - tables.lows[c]]) for c in range(3) for s in symbols[c].ravel())
+    # a range coder spends at most a few 32-bit words over the information content
+    assert ideal / 8 <= len(stream) <= ideal / 8 + 12
+
+
+def test_parts_compose_to_the_split_net_and_send_integers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    net, shapes = build_split(model, (1, 8, 8), SplitConfig(at="2", channels=3))
+    assert shapes == {"at": "2", "cut_shape": [6, 4, 4], "code_shape": [3, 4, 4]}
+    net.eval().set_support_(*net.prior.tables())
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        codes = DevicePart(net)(x)
+        assert torch.equal(codes, torch.round(codes)) and codes.shape == (5, 3, 4, 4)
+        assert torch.equal(ServerPart(net)(codes), net(x))
+        net.train()
+        noisy = net.encoder(net.head(x))
+        assert net.last_bits is None or net.last_bits.shape == (5,)
+        assert not torch.equal(net(x), net(x))  # the training bottleneck is stochastic
+    assert noisy.shape == (5, 3, 4, 4)
+
+
+def test_cli_split(tmp_path, monkeypatch, capsys):
+    from slimkit.deploy.edge.split_measure import SplitRunner
+
+    spec = tiny_model_file(tmp_path)
+    out = tmp_path / "s"
+    code, stdout, err = run_cli(monkeypatch, capsys, "deploy", "split", spec, "--at", "2", "--bottleneck", 4,
+                                "--lambda", 0.5, "--data", "digits", "--max-steps", 4, "--train-samples", 128,
+                                "--val-samples", 48, "--out", out)
+    assert code == 0, err
+    assert {"device", "server", "split.json", "report.json", "args.json"} <= {p.name for p in out.iterdir()}
+    assert {"model.onnx", "weights.safetensors", "prior.json"} <= {p.name for p in (out / "device").iterdir()}
+    report = json.loads((out / "report.json").read_text())
+    assert report["split"]["decoded_exact"] and report["split"]["images"] == 48
+    assert report["code_shape"] == [4, 16, 16]
+    # conv 3->32 3x3, encoder 32->32 3x3 and 32->4 1x1, all at 16x16 (BN and ReLU are not MACs)
+    assert report["macs"]["device"] == 256 * (3 * 32 * 9 + 32 * 32 * 9 + 32 * 4)
+    assert {r["codec"] for r in report["baselines"]} >= {"PNG", "JPEG q50", "WEBP q50"}
+    runner = SplitRunner(out)
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    streams, codes = runner.streams(x)
+    assert np.array_equal(decode(streams[1], runner.tables, runner.code_shape), codes[1])
+    assert "B/image" in stdout
+
+
+def test_cli_split_bad_layer(tmp_path, monkeypatch, capsys):
+    spec = tiny_model_file(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "deploy", "split", spec, "--at", "nope", "--out", tmp_path / "bad")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--at nope" in err and "possible:" in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_compare_needs_equal_accuracy():
+    from slimkit.deploy.edge.split_measure import compare
+
+    codecs = [{"codec": "WEBP q0", "bytes_mean": 100.0, "top1": 79.0}, {"codec": "PNG", "bytes_mean": 500.0, "top1": 85.0},
+              {"codec": "naive split", "bytes_mean": 10.0, "top1": 90.0}]
+    c = compare({"bytes_mean": 40.0, "top1": 78.8}, codecs)
+    assert (c["best_input_codec"], c["bytes_ratio"], c["aim_met"]) == ("WEBP q0", 2.5, True)
+    c = compare({"bytes_mean": 40.0, "top1": 75.0}, codecs)  # 2.5x fewer bytes, but 4 points worse
+    assert (c["best_input_codec"], c["accuracy_gap_points"], c["aim_met"]) == ("WEBP q0", 4.0, False)
+    c = compare({"bytes_mean": 400.0, "top1": 88.0}, codecs)  # more accurate than every input codec
+    assert (c["best_input_codec"], c["codec_matches_accuracy"], c["aim_met"]) == ("PNG", False, False)
