@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,deploy]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,deploy,split]'
 	@touch $(STAMP)
 
 # The main job on the embedded default: a small CNN trained on digits (64x64), compressed to a quarter of its latency.
