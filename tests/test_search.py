@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 
+import logging
+
 import pytest
 import torch
 
@@ -115,7 +117,13 @@ def test_table_lookup_reproduces_stored_figures(tiny, tmp_path):
 def test_table_from_another_machine_warns(tiny, tmp_path, caplog):
     table = fake_table(tiny)
     table.conditions = {**table.conditions, "cpu": "Some Other CPU", "threads": 64}
-    problems = table.check_conditions(1)
+    logger = logging.getLogger("slimkit.search.table")
+    logger.addHandler(caplog.handler)  # directly: another test's library may have changed the root's handlers
+    try:
+        with caplog.at_level(logging.WARNING, logger="slimkit.search.table"):
+            problems = table.check_conditions(1)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert any(p.startswith("cpu:") for p in problems) and any(p.startswith("threads:") for p in problems)
     assert "measured elsewhere" in caplog.text
 

@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         from slimkit.deploy.artifact import conversion_error
 
         result = {"ok": False, "error": str(conversion_error("tflite", exc))}
+    finally:
+        logging.disable(logging.NOTSET)  # called in-process too: leave the caller's logging as it was
     (job_dir / "result.json").write_text(json.dumps(result))
     return 0 if result["ok"] else 3
 
