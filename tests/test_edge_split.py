@@ -67,28 +67,99 @@ def test_parts_compose_to_the_split_net_and_send_integers():
     assert noisy.shape == (5, 3, 4, 4)
 
 
-def test_cli_split(tmp_path, monkeypatch, capsys):
+def _split_cli(monkeypatch, capsys, spec, out, *extra):
+    return run_cli(monkeypatch, capsys, "deploy", "split", spec, "--at", "2", "--bottleneck", 4, "--data", "digits",
+                   "--max-steps", 4, "--train-samples", 128, "--val-samples", 48, "--out", out, *extra)
+
+
+def test_cli_split_sweep(tmp_path, monkeypatch, capsys):
     from slimkit.deploy.edge.split_measure import SplitRunner
+    from slimkit.models import load_model
 
     spec = tiny_model_file(tmp_path)
     out = tmp_path / "s"
-    code, stdout, err = run_cli(monkeypatch, capsys, "deploy", "split", spec, "--at", "2", "--bottleneck", 4,
-                                "--lambda", 0.5, "--data", "digits", "--max-steps", 4, "--train-samples", 128,
-                                "--val-samples", 48, "--out", out)
+    code, stdout, err = _split_cli(monkeypatch, capsys, spec, out, "--lambda", "0.5,2")
     assert code == 0, err
-    assert {"device", "server", "split.json", "report.json", "args.json"} <= {p.name for p in out.iterdir()}
-    assert {"model.onnx", "weights.safetensors", "prior.json"} <= {p.name for p in (out / "device").iterdir()}
-    report = json.loads((out / "report.json").read_text())
+    assert {"lambda-0.5", "lambda-2", "report.json", "report.html", "args.json", "run.json"} == \
+        {p.name for p in out.iterdir()}  # no INCOMPLETE marker, no .work left
+    one = out / "lambda-0.5"
+    assert {"architecture.json", "model.safetensors", "model.onnx", "prior.json"} <= {p.name for p in (one / "device").iterdir()}
+    report = json.loads((one / "report.json").read_text())
     assert report["split"]["decoded_exact"] and report["split"]["images"] == 48
     assert report["code_shape"] == [4, 16, 16]
     # conv 3->32 3x3, encoder 32->32 3x3 and 32->4 1x1, all at 16x16 (BN and ReLU are not MACs)
     assert report["macs"]["device"] == 256 * (3 * 32 * 9 + 32 * 32 * 9 + 32 * 4)
-    assert {r["codec"] for r in report["baselines"]} >= {"PNG", "JPEG q50", "WEBP q50"}
-    runner = SplitRunner(out)
+    summary = json.loads((out / "report.json").read_text())
+    assert [p["lambda"] for p in summary["points"]] == [0.5, 2.0]
+    assert {r["codec"] for r in summary["baselines"]} >= {"PNG", "JPEG q50", "WEBP q50"}
+    assert "<img alt='rate against accuracy' src='data:image/png;base64," in (out / "report.html").read_text()
+    runner = SplitRunner(one)
     x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
     streams, codes = runner.streams(x)
     assert np.array_equal(decode(streams[1], runner.tables, runner.code_shape), codes[1])
-    assert "B/image" in stdout
+    # the two halves are ordinary model directories: loaded by name, they run the saved ONNX's function
+    device, info = load_model(str(one / "device"), trust_code=True)
+    server, server_info = load_model(str(one / "server"), trust_code=True)
+    assert info.input_size == (3, 16, 16) and server_info.input_size == (4, 16, 16) and server_info.num_classes == 10
+    with torch.no_grad():
+        assert torch.equal(device(torch.from_numpy(x)), torch.from_numpy(codes))
+        logits = server(torch.from_numpy(codes)).numpy()
+    assert np.allclose(logits, runner.logits(codes), atol=1e-4)
+    assert "B/image" in stdout and stdout.count("lambda ") == 2
+
+
+def test_cli_split_resume(tmp_path, monkeypatch, capsys):
+    spec = tiny_model_file(tmp_path)
+    out = tmp_path / "s"
+    assert _split_cli(monkeypatch, capsys, spec, out, "--lambda", "0.5,2")[0] == 0
+    # as if killed while training lambda 2: its folder is gone and the run is marked unfinished
+    kept = (out / "lambda-0.5" / "device" / "model.safetensors").stat().st_mtime_ns
+    import shutil
+
+    shutil.rmtree(out / "lambda-2")
+    (out / "INCOMPLETE").write_text("")
+    code, _, err = _split_cli(monkeypatch, capsys, spec, out, "--lambda", "0.5,2")
+    assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _split_cli(monkeypatch, capsys, spec, out, "--lambda", "0.5,3", "--resume")
+    assert code == 2 and "other settings (lambda)" in err
+    code, _, err = _split_cli(monkeypatch, capsys, spec, out, "--lambda", "0.5,2", "--resume")
+    assert code == 0, err
+    assert (out / "lambda-0.5" / "device" / "model.safetensors").stat().st_mtime_ns == kept  # not retrained
+    assert (out / "lambda-2" / "report.json").is_file() and not (out / "INCOMPLETE").exists()
+
+
+@pytest.mark.parametrize("bad", ["x", "-1", "0.1,0.10", ""])
+def test_cli_split_bad_lambda(tmp_path, monkeypatch, capsys, bad):
+    spec = tiny_model_file(tmp_path)
+    code, _, err = _split_cli(monkeypatch, capsys, spec, tmp_path / "bad", "--lambda", bad)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--lambda" in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_split_training_resumes_after_a_kill(tmp_path):
+    """Killed after epoch 1 of 2, the rerun continues from the checkpoint to the uninterrupted run's weights."""
+    from slimkit.data import load_data
+    from slimkit.deploy.edge.split_build import train_split
+    from slimkit.engine.config import TrainConfig
+    from slimkit.engine.hooks import Hook
+
+    class Kill(Hook):
+        def on_epoch_begin(self, state):
+            if state.epoch == 1:
+                raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10)).eval()
+    bundle = load_data("digits", input_size=(1, 8, 8), train_samples=96, val_samples=32)
+    args = (model, (1, 8, 8), SplitConfig(at="1", channels=2), bundle, 0.5, TrainConfig(epochs=2, batch_size=32))
+    whole, _ = train_split(*args, work=tmp_path / "whole", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_split(*args, work=tmp_path / "killed", hooks=[Kill()], progress=False)
+    resumed, shapes = train_split(*args, work=tmp_path / "killed", progress=False)
+    assert shapes["resumed"] and [r["epoch"] for r in shapes["train_history"]] == [1, 2]
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_cli_split_bad_layer(tmp_path, monkeypatch, capsys):

@@ -134,8 +134,9 @@ def split(
     bottleneck: int = typer.Option(8, "--bottleneck", min=1, help="Channels of the coded bottleneck"),
     hidden: Optional[int] = typer.Option(None, "--hidden", min=1, help="Encoder/decoder width (default: the cut's "
                                          "channels); the encoder runs on the device"),
-    lam: float = typer.Option(0.1, "--lambda", help="Rate weight: loss = KD + lambda x kilobits per image"),
-    out: Path = typer.Option(..., "--out", "-o", help="Split directory: device/, server/, split.json, report.json"),
+    lam: str = typer.Option("0.1", "--lambda", help="Rate weight(s): loss = KD + lambda x kilobits per image; "
+                            "several (0.01,0.1,1) train one split each and plot rate against accuracy"),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: lambda-L/{device,server}, report.json/html"),
     data: str = DATA_OPT,
     epochs: int = typer.Option(3, "--epochs", min=1),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop training after N steps"),
@@ -145,47 +146,54 @@ def split(
     val_samples: Optional[int] = VAL_SAMPLES_OPT,
     threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads for the device timing"),
     input_size: Optional[str] = INPUT_SIZE_OPT,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out (finished lambdas "
+                                "are kept, the one in progress restarts from its last completed epoch)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous split run in --out"),
     trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code to import it"),
 ) -> None:
     """Split computing (Entropic Student): a KD-trained, entropy-coded bottleneck between device and server."""
     from slimkit.data import load_data
-    from slimkit.deploy.edge.split import SplitConfig
+    from slimkit.deploy.edge.split import SplitConfig, build_split
     from slimkit.deploy.edge.split_report import deploy_split
+    from slimkit.deploy.edge.split_run import close_run, open_run, parse_lambdas
     from slimkit.engine.config import TrainConfig
     from slimkit.models import load_model
-    from slimkit.utils.io import atomic_dir, save_resolved_args
+    from slimkit.utils.io import save_resolved_args
     from slimkit.utils.parse import parse_input_size
 
+    lambdas = parse_lambdas(lam)
     net, info = load_model(model, trust_code=trust_code)
     size = parse_input_size(input_size) or tuple(info.input_size)
     cfg = SplitConfig(at=at, channels=bottleneck, hidden=hidden)
-    from slimkit.deploy.edge.split import build_split
-
     build_split(net.eval(), size, cfg)  # a bad --at fails before data loading and training
+    settings = {"model": model, "at": at, "bottleneck": bottleneck, "hidden": hidden, "lambda": lambdas,
+                "data": data, "epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
+                "train_samples": train_samples, "val_samples": val_samples, "input_size": list(size)}
+    open_run(out, settings, resume=resume, overwrite=overwrite, write=False)
     bundle = load_data(data, input_size=size, train_samples=train_samples, val_samples=val_samples,
                        mean=info.mean, std=info.std)
     config = TrainConfig(epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size)
-    with atomic_dir(out) as tmp:
-        report = deploy_split(net, bundle, cfg, lam, config, tmp, threads=threads)
-        save_resolved_args(tmp, "deploy split", {"model": model, "at": at, "bottleneck": bottleneck, "hidden": hidden,
-                                                 "lambda": lam,
-                                                 "data": data, "epochs": epochs, "max_steps": max_steps, "lr": lr,
-                                                 "input_size": list(size)})
-    _print_split(report, out)
+    open_run(out, settings, resume=resume, overwrite=overwrite)
+    summary = deploy_split(net, bundle, cfg, lambdas, config, out, info=info, threads=threads)
+    save_resolved_args(out, "deploy split", settings)
+    close_run(out)
+    _print_split(summary, out)
 
 
 def _print_split(r: dict, out: Path) -> None:
-    s, c, m = r["split"], r["comparison"], r["macs"]
+    m, lat = r["points"][0]["macs"], r["points"][0]["device_latency_ms"]
     naive = r["baselines"][-1]
-    console().print(
-        f"split after {r['at']} ({'x'.join(map(str, r['cut_shape']))} -> {'x'.join(map(str, r['code_shape']))} coded): "
-        f"{s['bytes_mean']:.1f} B/image (range coder, decoded exactly: {s['decoded_exact']}), top-1 {s['top1']:.2f}% "
-        f"(original {r['original_top1']:.2f}%, {s['images']} images)\n"
-        f"cheapest input codec at least as accurate: {c['best_input_codec']} {c['codec_bytes']:.1f} B, top-1 "
-        f"{c['codec_top1']:.2f}% -> split is {c['bytes_ratio']:.2f}x smaller, {c['accuracy_gap_points']:+.2f} points "
-        f"(aim 2x at equal accuracy: {'met' if c['aim_met'] else 'NOT met'})\n"
-        f"{naive['codec']}: {naive['bytes_mean']:.1f} B, top-1 {naive['top1']:.2f}%\n"
-        f"device part: {m['device'] / 1e6:.3f} M MACs ({100 * m['device_fraction']:.1f}% of the model), "
-        f"{r['device_latency_ms']['device_model']['median']:.3f} ms + coder "
-        f"{r['device_latency_ms']['range_encode']['median']:.3f} ms (ONNX Runtime, {r['threads']} thread(s))\n"
-        f"split: {out}", highlight=False, soft_wrap=True)
+    lines = [f"split after {r['at']} ({'x'.join(map(str, r['cut_shape']))} -> {'x'.join(map(str, r['code_shape']))} "
+             f"coded), original top-1 {r['original_top1']:.2f}% ({r['points'][0]['split']['images']} images)"]
+    for p in r["points"]:
+        s, c = p["split"], p["comparison"]
+        lines.append(f"lambda {p['lambda']:g}: {s['bytes_mean']:.1f} B/image (range coder, decoded exactly: "
+                     f"{s['decoded_exact']}), top-1 {s['top1']:.2f}%; cheapest input codec at least as accurate: "
+                     f"{c['best_input_codec']} {c['codec_bytes']:.1f} B, top-1 {c['codec_top1']:.2f}% -> "
+                     f"{c['bytes_ratio']:.2f}x, {c['accuracy_gap_points']:+.2f} points "
+                     f"(aim 2x at equal accuracy: {'met' if c['aim_met'] else 'NOT met'})")
+    lines += [f"{naive['codec']}: {naive['bytes_mean']:.1f} B, top-1 {naive['top1']:.2f}%",
+              f"device part: {m['device'] / 1e6:.3f} M MACs ({100 * m['device_fraction']:.1f}% of the model), "
+              f"{lat['device_model']['median']:.3f} ms + coder {lat['range_encode']['median']:.3f} ms (ONNX Runtime, "
+              f"{r['threads']} thread(s))", f"split: {out} (report.html: rate against accuracy)"]
+    console().print("\n".join(lines), highlight=False, soft_wrap=True)

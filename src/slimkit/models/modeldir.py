@@ -21,8 +21,10 @@ import torch.nn as nn
 from slimkit.errors import BadInputError, UnsafeFileError
 from slimkit.models.resolve import ModelInfo
 from slimkit.utils.io import atomic_dir, atomic_write_json
+from slimkit.utils.registry import Registry
 
-__all__ = ["save_model_dir", "load_model_dir", "is_model_dir", "describe_architecture", "ARCH_FILE", "WEIGHTS_FILE"]
+__all__ = ["save_model_dir", "load_model_dir", "is_model_dir", "describe_architecture", "rebuild_model",
+           "DERIVED_SOURCES", "ARCH_FILE", "WEIGHTS_FILE"]
 
 ARCH_FILE = "architecture.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -30,6 +32,9 @@ FORMAT_VERSION = 1
 # Classes are re-created by qualified name only from these packages: never from user code.
 _TRUSTED_PREFIXES = ("torch.nn.", "torchvision.", "timm.", "slimkit.")
 _SIMPLE = (int, float, bool, str, type(None))
+# Models derived from another one by code (e.g. the halves of a split): source name -> rebuild(info, trust_code),
+# which builds the derived model of a fresh parent; the shapes and weights are then patched and loaded as usual.
+DERIVED_SOURCES: Registry = Registry("model source", modules={"split-part": "slimkit.deploy.edge.split_dir"})
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -192,10 +197,12 @@ def read_architecture(path: str | Path) -> dict[str, Any]:
     return arch
 
 
-def _rebuild(path: Path, info: ModelInfo, trust_code: bool) -> nn.Module:
-    """A fresh model of the saved one's original architecture, built from its source."""
+def rebuild_model(info: ModelInfo, trust_code: bool, path: str | Path = "") -> nn.Module:
+    """A fresh model of the saved one's original architecture, built from its source (`path` names it in errors)."""
     from slimkit.models.resolve import load_model
 
+    if info.source in DERIVED_SOURCES:
+        return DERIVED_SOURCES.get(info.source)(info, trust_code)
     if info.source == "file":
         if not trust_code:
             raise UnsafeFileError(
@@ -219,7 +226,7 @@ def load_model_dir(path: str | Path, trust_code: bool = False, base: nn.Module |
     arch = read_architecture(path)
     info = ModelInfo.from_dict(arch["model"])
     if base is None:
-        base = _rebuild(path, info, trust_code)
+        base = rebuild_model(info, trust_code, path)
     _patch_modules(base, arch["modules"])
     _patch_tensors(base, arch["tensors"])
     weights = path / WEIGHTS_FILE
