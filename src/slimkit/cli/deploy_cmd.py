@@ -28,6 +28,9 @@ def patch(
                                           help="Activation storage for --peak-memory: 1 (int8) or 4 (fp32)"),
     stream_input: bool = typer.Option(False, "--stream-input", help="Arena plan: each patch loads only its own "
                                       "input region (camera/flash) instead of keeping the whole image"),
+    redistribute: bool = typer.Option(False, "--redistribute", help="Also build a changed model with a cheaper patch "
+                                      "stage (kernels > 3 -> 3x3, residual blocks dropped; tail depthwise 3x3 -> 5x5), "
+                                      "patch it the same way and save it in DIR/redistributed for fine-tuning"),
     input_size: Optional[str] = INPUT_SIZE_OPT,
     trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code to import it"),
 ) -> None:
@@ -47,13 +50,29 @@ def patch(
                       stream_input=stream_input)
     patched, traced, chosen = patch_model(net, size, cfg)
     report = measure_patch(net, patched, traced, chosen, stream_input=stream_input)
+    changed = _redistributed(net, traced, chosen, size, stream_input, report) if redistribute else None
     with atomic_dir(out) as tmp:
         write_patch_outputs(report, tmp, model)
+        if changed is not None:
+            from slimkit.models import save_model_dir
+
+            save_model_dir(changed, info, tmp / "redistributed", extra={"redistribution": report["redistribution"]})
         save_resolved_args(tmp, "deploy patch", {"model": model, "patches": patches, "until": until,
                                                  "peak_memory": peak_memory, "bytes_per_element": bytes_per_element,
-                                                 "stream_input": stream_input,
+                                                 "stream_input": stream_input, "redistribute": redistribute,
                                                  "input_size": list(size), "chosen": chosen.label})
     _print_patch(report, out)
+
+
+def _redistributed(net, traced, chosen, size, stream_input: bool, report: dict):
+    """The redistributed model; its patch figures go into report["redistribution"]."""
+    from slimkit.deploy.edge.patch_report import measure_patch
+    from slimkit.deploy.edge.redistribute import redistribute_patched, summary
+
+    new, patched, t_new, c_new, changes = redistribute_patched(net, traced, chosen, size, stream_input)
+    report["redistribution"] = summary(report, measure_patch(new, patched, t_new, c_new, stream_input=stream_input),
+                                       changes)
+    return new
 
 
 def _print_patch(r: dict, out: Path) -> None:
@@ -71,7 +90,20 @@ def _print_patch(r: dict, out: Path) -> None:
         f"profiler lifetime estimate (fp32): {est['before']['fp32'] / 1024:.1f} KB -> {est['after']['fp32'] / 1024:.1f} KB; "
         f"allocator measured peak: {alloc_ratio} lower\n"
         f"MACs: {m['before'] / 1e6:.2f} M -> {m['after'] / 1e6:.2f} M ({100 * m['overhead']:+.1f}% halo overhead)\n"
-        f"report: {out / 'report.html'}", highlight=False, soft_wrap=True)
+        f"{_redistribution_line(r.get('redistribution'), out)}report: {out / 'report.html'}", highlight=False,
+        soft_wrap=True)
+
+
+def _redistribution_line(d: dict | None, out: Path) -> str:
+    if d is None:
+        return ""
+    after = d["redistributed"]
+    return (f"redistributed (dropped {', '.join(d['dropped_blocks']) or 'no block'}; {len(d['shrunk_kernels'])} head "
+            f"kernel(s) -> 3x3; {len(d['grown_kernels'])} tail depthwise 3x3 -> 5x5): whole MACs "
+            f"{100 * d['whole_macs_change']:+.1f}%, patched {after['macs']['after'] / 1e6:.2f} M "
+            f"({100 * after['macs']['overhead']:+.1f}% halo overhead, was {100 * d['unchanged']['macs']['overhead']:+.1f}%), "
+            f"arena int8 {after['arena_bytes']['after']['int8'] / 1024:.1f} KB; max |whole - patched| "
+            f"{after['max_abs_diff']:.2e}. The model changed: fine-tune {out / 'redistributed'}\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -100,9 +100,27 @@ def render_patch_html(r: dict, model_name: str) -> str:
         f"<p>MACs {m['before'] / 1e6:.2f} M whole, {m['after'] / 1e6:.2f} M patched: halo overhead "
         f"{100 * m['overhead']:+.1f}%.</p>",
         f"<img alt='memory plan' src='{_plan_png(plans['before'], plans['after'])}'>",
+        *_redistribution_html(r.get("redistribution")),
     ]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>slimkit patch</title><style>{_STYLE}</style>"
             f"</head><body>{''.join(parts)}</body></html>")
+
+
+def _redistribution_html(d: dict | None) -> list[str]:
+    from slimkit.report.html import _table
+
+    if d is None:
+        return []
+    rows = [[name, f"{v['macs']['before'] / 1e6:.2f}", f"{v['macs']['after'] / 1e6:.2f}",
+             f"{100 * v['macs']['overhead']:+.1f}%", _kb(v["arena_bytes"]["after"]["int8"]), f"{v['max_abs_diff']:.1e}"]
+            for name, v in (("unchanged", d["unchanged"]), ("redistributed", d["redistributed"]))]
+    changes = (f"dropped blocks: {', '.join(d['dropped_blocks']) or 'none'}; head kernels to 3x3: "
+               f"{', '.join(d['shrunk_kernels']) or 'none'}; tail depthwise 3x3 to 5x5: "
+               f"{', '.join(d['grown_kernels']) or 'none'}")
+    return ["<h2>Receptive-field redistribution</h2>", f"<p>{html.escape(changes)}. The redistributed model "
+            "computes another function: fine-tune it (saved in redistributed/).</p>",
+            _table(["model", "MACs whole (M)", "MACs patched (M)", "halo overhead", "arena int8 patched (KB)",
+                    "max |whole - patched|"], rows)]
 
 
 def write_patch_outputs(r: dict, out: Path, model_name: str) -> None:
