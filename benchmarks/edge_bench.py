@@ -4,6 +4,7 @@ MAC overhead), and the confidence cascade on Fashion-MNIST.
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py patch
     flock -x /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py cascade [WORKDIR]
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py split [WORKDIR]   (after cascade)
+    flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py redistribute [WORKDIR]
 
 Writes benchmarks/results/edge_bench.json (one key per technique), edge_patch.png, edge_split.png and edge_split.html.
 """
@@ -91,10 +92,10 @@ def bench_cascade(work: Path) -> dict:
             "environment": environment(report["threads"])}
 
 
-SPLIT_LAMBDAS = "0.03,0.3,1,4"
+SPLIT_LAMBDAS = "0.1,1,4"
 SPLIT_ARGS = ["deploy", "split", "{work}/parent", "--at", "13", "--bottleneck", "4", "--hidden", "16", "--lambda",
-              SPLIT_LAMBDAS, "--data", "fashion-mnist", "--train-samples", "12000", "--val-samples", "2000",
-              "--epochs", "2", "--trust-code"]
+              SPLIT_LAMBDAS, "--data", "fashion-mnist", "--train-samples", "6000", "--val-samples", "2000",
+              "--epochs", "1", "--trust-code"]
 
 
 def bench_split(work: Path) -> dict:
@@ -120,16 +121,64 @@ def _split_figure(report: dict) -> None:
     (RESULTS / "edge_split.png").write_bytes(base64.b64decode(rate_accuracy_png(report).split(",", 1)[1]))
 
 
+RD_COMMON = ["--data", "fashion-mnist", "--input-size", "1x56x56", "--train-samples", "12000", "--val-samples", "2000"]
+RD_STEPS = [  # (output folder, slimkit arguments); each step is skipped when its folder exists
+    ("rd_base", ["train", "benchmarks/edge_models.py:mcunet_like", *RD_COMMON, "--epochs", "2"]),
+    ("rd_patch", ["deploy", "patch", "{work}/rd_base", "--patches", "4x4", "--until", "4", "--redistribute",
+                  "--input-size", "1x56x56", "--trust-code"]),
+    ("rd_unchanged_ft", ["train", "{work}/rd_base", *RD_COMMON, "--epochs", "1", "--lr", "3e-4", "--trust-code"]),
+    ("rd_redistributed_ft", ["train", "{work}/rd_patch/redistributed", *RD_COMMON, "--epochs", "1", "--lr", "3e-4",
+                             "--trust-code"]),
+]
+
+
+def _redistribution_macs() -> list[dict]:
+    """tv:mobilenet_v2 (random init: MACs and memory do not depend on weights), unchanged and redistributed."""
+    import torchvision
+
+    from slimkit.deploy.edge.patch import PatchConfig, patch_model
+    from slimkit.deploy.edge.patch_report import measure_patch
+    from slimkit.deploy.edge.redistribute import redistribute_patched, summary
+
+    torch.manual_seed(0)
+    net, rows = torchvision.models.mobilenet_v2().eval(), []
+    for size, grid in PATCH_CASES:
+        patched, traced, chosen = patch_model(net, (3, size, size), PatchConfig(grid=grid))
+        new, p_new, t_new, c_new, changes = redistribute_patched(net, traced, chosen, (3, size, size))
+        s = summary(measure_patch(net, patched, traced, chosen), measure_patch(new, p_new, t_new, c_new), changes)
+        rows.append({"model": "tv:mobilenet_v2", "input_size": size, **s})
+        print(json.dumps({"size": size, "grid": grid, "overhead": [s["unchanged"]["macs"]["overhead"],
+                                                                   s["redistributed"]["macs"]["overhead"]]}))
+    return rows
+
+
+def bench_redistribute(work: Path) -> dict:
+    """MAC overhead before/after on tv:mobilenet_v2; accuracy after fine-tuning on Fashion-MNIST (mcunet_like)."""
+    commands = []
+    for folder, args in RD_STEPS:
+        command = [sys.executable, "-m", "slimkit.cli.main", *(a.format(work=work) for a in args),
+                   "--out", str(work / folder)]
+        commands.append(" ".join(command[3:]))
+        if not (work / folder).exists():
+            subprocess.run(command, cwd=ROOT, check=True)
+    metrics = {f: json.loads((work / f / "metrics.json").read_text()) for f, _ in RD_STEPS if f != "rd_patch"}
+    patch = json.loads((work / "rd_patch" / "patch.json").read_text())
+    return {"commands": commands, "fashion_mnist": {
+        "patch": patch["redistribution"], "top1": {f: m["accuracy"] for f, m in metrics.items()},
+        "epochs": {f: m["epochs_completed"] for f, m in metrics.items()}},
+        "mobilenet_v2": _redistribution_macs(), "environment": environment(torch.get_num_threads())}
+
+
 def main(which: str) -> None:
-    path = RESULTS / "edge_bench.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
+    work = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/edge_runs")
+    benches = {"patch": bench_patch, "cascade": lambda: bench_cascade(work), "split": lambda: bench_split(work),
+               "redistribute": lambda: bench_redistribute(work)}
+    result = benches[which]()
     if which == "patch":
-        results["patch"] = bench_patch()
-        patch_figure(results["patch"]["rows"])
-    elif which == "cascade":
-        results["cascade"] = bench_cascade(Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/edge_runs"))
-    elif which == "split":
-        results["split"] = bench_split(Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/edge_runs"))
+        patch_figure(result["rows"])
+    path = RESULTS / "edge_bench.json"  # read just before writing: several techniques may run at once
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[which] = result
     path.write_text(json.dumps(results, indent=2) + "\n")
 
 
