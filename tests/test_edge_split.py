@@ -162,6 +162,49 @@ def test_split_training_resumes_after_a_kill(tmp_path):
         assert torch.equal(a, b), name
 
 
+def _halves_reload(parent, info, tmp_path, at: str, size) -> None:
+    from slimkit.deploy.edge.split_dir import part_info, save_part
+    from slimkit.models import load_model
+
+    cfg = SplitConfig(at=at, channels=3)
+    net, shapes = build_split(parent, size, cfg)
+    with torch.no_grad():
+        net.encoder[2].bias.uniform_(-3, 3)  # non-trivial symbols
+    net.eval().set_support_(*net.prior.tables())
+    x = torch.randn(4, *size)
+    device, server = DevicePart(net).eval(), ServerPart(net).eval()
+    with torch.no_grad():
+        codes = device(x)
+    for name, part, example in (("device", device, x), ("server", server, codes)):
+        save_part(part, part_info(name, info, cfg, shapes), tmp_path / name, parent, example)  # checks equality
+    if info.source != "module":  # by name, as every command loads it
+        again, _ = load_model(str(tmp_path / "server"), trust_code=True)
+        with torch.no_grad():
+            assert torch.equal(again(codes), server(codes))
+
+
+def test_halves_of_a_pruned_parent_reload(tmp_path):
+    """The parent's recorded architecture is narrower than its constructor's: the halves still reload exactly."""
+    from slimkit.models import load_model, save_model_dir
+
+    spec = tiny_model_file(tmp_path)
+    model, info = load_model(spec)
+    model[0], model[1] = nn.Conv2d(3, 20, 3, padding=1, bias=False), nn.BatchNorm2d(20)  # "pruned" 32 -> 20
+    model[3] = nn.Conv2d(20, 64, 3, padding=1, stride=2, bias=False)
+    save_model_dir(model, info, tmp_path / "pruned")
+    pruned, pruned_info = load_model(str(tmp_path / "pruned"), trust_code=True)
+    _halves_reload(pruned, pruned_info, tmp_path / "halves", "2", (3, 16, 16))
+
+
+def test_halves_of_an_in_memory_parent_reload(tmp_path):
+    from slimkit.models import ModelInfo
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 4)).eval()
+    _halves_reload(model, ModelInfo("module", "Sequential", input_size=(1, 8, 8)), tmp_path, "1", (1, 8, 8))
+
+
 def test_cli_split_bad_layer(tmp_path, monkeypatch, capsys):
     spec = tiny_model_file(tmp_path)
     code, _, err = run_cli(monkeypatch, capsys, "deploy", "split", spec, "--at", "nope", "--out", tmp_path / "bad")
