@@ -95,3 +95,42 @@ def test_deepmad_entropy_by_hand():
     # fan-ins 1*9, 1*9 (depthwise), 4*1; last map 6 x 4 x 4 on an 8x8 input
     expected = math.log(6 * 16) * (math.log(9) + math.log(9) + math.log(4))
     assert PROXIES.get("deepmad")(net, torch.zeros(2, 1, 8, 8), None) == pytest.approx(expected, rel=1e-12)
+
+
+def test_proxy_study_ranks_against_the_accuracy_function():
+    from slimkit.search.rank import proxy_study, sample_distinct
+    from slimkit.search.space import load_space
+
+    space = load_space("tiny")
+    archs = sample_distinct(space, 5, seed=1)
+    assert len({a.key() for a in archs}) == 5
+    # an "accuracy" that is exactly the params count: params ranks perfectly, -params perfectly backwards
+    res = proxy_study(space, archs, lambda a: score(lambda: _child(space, a), torch.zeros(1, 1, 4, 4), None,
+                                                     ["params"])["params"],
+                      torch.randn(4, 1, 16, 16), torch.zeros(4, dtype=torch.long), names=["params", "deepmad"])
+    assert res["n"] == 5 and res["kendall_tau"]["params"] == pytest.approx(1.0) and set(res["kendall_tau"]) == {"params", "deepmad"}
+    assert [r["scores"]["params"] for r in res["rows"]] == [r["accuracy"] for r in res["rows"]]
+
+
+def _child(space, arch):
+    from slimkit.search.child import ChildNet, child_spec
+
+    return ChildNet(child_spec(space, arch))
+
+
+def test_search_proxies_cli(monkeypatch, capsys, tmp_path):
+    import json
+
+    from cli_helpers import run_cli
+
+    code, _, err = run_cli(monkeypatch, capsys, "search", "proxies", "tiny", "--proxies", "zen,nope")
+    assert code == 2 and "unknown zero-cost proxy 'nope'" in err and err.strip().count("\n") == 0
+    out_file = tmp_path / "px.json"
+    code, out, err = run_cli(monkeypatch, capsys, "search", "proxies", "tiny", "--samples", "3", "--data", "digits",
+                             "--train-samples", "64", "--val-samples", "32", "--proxies", "zen,deepmad,macs",
+                             "--threads", "1", "--out", out_file)
+    assert code == 0, err
+    res = json.loads(out_file.read_text())
+    assert res["n"] == 3 and set(res["kendall_tau"]) == {"zen", "deepmad", "macs"} and "Kendall tau" in out
+    taus = rank_correlation([r["scores"] for r in res["rows"]], [r["accuracy"] for r in res["rows"]])
+    assert taus == pytest.approx(res["kendall_tau"], nan_ok=True)

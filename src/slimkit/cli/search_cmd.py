@@ -1,4 +1,4 @@
-"""`slimkit search`: hardware-aware architecture search (spaces, latency-table, train, run)."""
+"""`slimkit search`: hardware-aware architecture search (spaces, latency-table, train, run, proxies)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,6 @@ def _warn_conditions(table, threads: Optional[int]) -> list[str]:
 
 
 def register(root: typer.Typer) -> None:
-    from slimkit.cli import search_run_cmd  # noqa: F401  (adds train and run to `app`)
+    from slimkit.cli import search_proxies_cmd, search_run_cmd  # noqa: F401  (add train, run, proxies to `app`)
 
     root.add_typer(app, name="search")
