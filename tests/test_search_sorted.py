@@ -110,3 +110,21 @@ def test_sorted_training_writes_a_budget_loadable_run(tmp_path):
     with pytest.raises(BadInputError, match="sorted levels"):
         train_supernet(space, data, TrainConfig(epochs=1, batch_size=32, seed=0), tmp_path / "run", resume=True,
                        progress=False)
+
+
+def test_pick_writes_the_chosen_level_as_a_model_dir(three, tmp_path, monkeypatch, capsys):
+    from cli_helpers import run_cli
+
+    from slimkit.models import load_model
+
+    net, path = _saved(three, tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "search", "pick", path, "--budget", "macs=0.0001", "--out", tmp_path / "c")
+    assert code == 2 and "no sub-model within" in err and not (tmp_path / "c").exists()
+    code, _, err = run_cli(monkeypatch, capsys, "search", "pick", path, "--budget", "level=1", "--out", tmp_path / "c")
+    assert code == 0, err
+    child, info = load_model(str(tmp_path / "c"))
+    arch = net.levels[1]
+    x = torch.randn(2, 1, arch.resolution, arch.resolution)
+    net.set_active(arch)
+    with torch.no_grad():
+        assert info.spec == "timm:slimkit_nas_child" and torch.equal(child(x), net(x))
