@@ -52,6 +52,8 @@ def proxies(
     batch: int = typer.Option(64, "--batch", min=2, help="Images in the one batch each proxy sees"),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = THREADS_OPT,
+    workers: int = typer.Option(1, "--workers", min=1, help="Train/evaluate children as N parallel Ray tasks "
+                                "(needs slimkit[search-ray]; 1: here, without Ray)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every score and accuracy here (JSON)"),
 ) -> None:
     """Rank SAMPLES children by each zero-cost proxy and by MACs/params; report Kendall tau against trained accuracy."""
@@ -64,15 +66,19 @@ def proxies(
     from slimkit.utils.io import atomic_write_json
 
     chosen = [PROXIES.canonical(n) for n in names.split(",")] if names else None
+    from slimkit.search.parallel import require_ray
+
+    require_ray(workers)
     sp = load_space(space)
     _threads(threads)
     sp, accuracy, bundle, what = _accuracy_source(sp, supernet, data, epochs, train_samples, val_samples, seed)
     archs = sample_distinct(sp, samples, seed)
     x, y = proxy_batch(bundle.train, batch)
     with Progress(console=console(), transient=True) as bar:
-        task = bar.add_task("score + accuracy per child", total=len(archs))
-        result = proxy_study(sp, archs, accuracy, x, y, names=chosen, seed=seed, progress=lambda: bar.advance(task))
-    result = {"space": sp.name, "accuracy": what, "seed": seed, **result}
+        task = bar.add_task("accuracy per child", total=len(archs))
+        result = proxy_study(sp, archs, accuracy, x, y, names=chosen, seed=seed, workers=workers,
+                             progress=lambda: bar.advance(task))
+    result = {"space": sp.name, "accuracy": what, "seed": seed, "workers": workers, **result}
     accs = [r["accuracy"] for r in result["rows"]]
     console().print(f"Kendall tau against {what}, {result['n']} children (top-1 {min(accs):.3f}-{max(accs):.3f}):")
     for name, tau in result["kendall_tau"].items():

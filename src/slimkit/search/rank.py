@@ -40,15 +40,16 @@ def proxy_batch(dataset: Any, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def proxy_study(space: SearchSpace, archs: list[Arch], accuracy: Callable[[Arch], float], x: torch.Tensor,
-                y: torch.Tensor, *, names: list[str] | None = None, seed: int = 0,
+                y: torch.Tensor, *, names: list[str] | None = None, seed: int = 0, workers: int = 1,
                 progress: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Every proxy's score and the accuracy of each arch, and each proxy's Kendall tau-b (best first)."""
-    rows = []
-    for arch in archs:
-        scores = score(lambda a=arch: ChildNet(child_spec(space, a)), resize_to(x, arch.resolution), y, names, seed)
-        rows.append({"arch": arch.model_dump(), "accuracy": float(accuracy(arch)), "scores": scores})
-        if progress:
-            progress()
+    """Every proxy's score and the accuracy of each arch, and each proxy's Kendall tau-b (best first).
+    The accuracies (the costly part: trainings or evaluations) run as `workers` parallel Ray tasks if >= 2."""
+    from slimkit.search.parallel import run_trials
+
+    scores = [score(lambda a=arch: ChildNet(child_spec(space, a)), resize_to(x, arch.resolution), y, names, seed)
+              for arch in archs]
+    accs = run_trials(accuracy, archs, workers=workers, progress=progress)
+    rows = [{"arch": a.model_dump(), "accuracy": float(acc), "scores": s} for a, acc, s in zip(archs, accs, scores)]
     tau = rank_correlation([r["scores"] for r in rows], [r["accuracy"] for r in rows])
     tau = dict(sorted(tau.items(), key=lambda kv: -(kv[1] if kv[1] == kv[1] else -2.0)))  # NaN (constant) last
     return {"n": len(rows), "kendall_tau": tau, "rows": rows}
