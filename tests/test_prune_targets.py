@@ -94,3 +94,25 @@ def test_latency_target_met_and_confirmed_by_a_second_measurement(tmp_path):
     again = sorted(_ort_latency_ratio(original, model, size, tmp_path) for _ in range(3))[1]
     assert again <= bound * 1.15, (again, result.achieved)
     assert model(torch.randn(1, *size)).shape == (1, 10)
+
+
+def _floor_latency(monkeypatch, floor: float) -> None:
+    """Every pruned candidate measures `floor` of the reference: a latency floor no cut gets under."""
+    from types import SimpleNamespace
+
+    import slimkit.profile.timing as timing
+
+    monkeypatch.setattr(timing, "measure_interleaved", lambda calls, **_: {
+        "ref": SimpleNamespace(median=1.0), "cand": SimpleNamespace(median=floor)})
+
+
+def test_latency_target_under_the_floor_fails_unless_closest_is_asked(monkeypatch):
+    _floor_latency(monkeypatch, 0.6)
+    model = _wide()
+    with pytest.raises(BadInputError, match="out of reach: the closest measured latency ratio was 0.600"):
+        prune_(model, PruneConfig(target="latency=0.2", round_to=8), torch.randn(1, 3, 16, 16))
+    result = prune_(model, PruneConfig(target="latency=0.2", round_to=8, closest=True), torch.randn(1, 3, 16, 16))
+    assert result.achieved == pytest.approx(0.6)
+    assert any("out of reach" in n and "closest cut was kept" in n for n in result.notes)
+    # every trial measured the same, so the kept cut is the first one bisection tried (level 0.45, global l2)
+    assert result.level == pytest.approx(0.45) and result.after["macs"] < result.before["macs"]
