@@ -1,4 +1,5 @@
-"""Search trials run the same with and without Ray; a local 2-worker Ray cluster when Ray is installed."""
+"""Search trials (proxy studies, each generation's candidates) run the same with and without Ray; a local
+2-worker Ray cluster when Ray is installed."""
 
 from __future__ import annotations
 
@@ -58,6 +59,13 @@ def test_local_two_worker_ray_cluster_gives_the_same_results():
         here = proxy_study(space, archs, acc, x, y, names=["deepmad", "params"])
         there = proxy_study(space, archs, acc, x, y, names=["deepmad", "params"], workers=2)
         assert here == there
+        from slimkit.search.evolution import EvolutionConfig, evolve
+        from test_search import fake_table
+
+        table = fake_table(space)
+        runs = [evolve(space, acc, table.predict_ms, table.predict_ms(space.largest()), workers=n,
+                       config=EvolutionConfig(6, 2, seed=3)) for n in (1, 2)]
+        assert [c.to_dict() for c in runs[0]] == [c.to_dict() for c in runs[1]]  # the same search, in parallel
     finally:
         ray.shutdown()
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

@@ -87,6 +87,8 @@ def run(
     confirm: int = typer.Option(3, "--confirm", min=1, help="Top candidates measured to confirm the winner"),
     val_samples: Optional[int] = typer.Option(1000, "--val-samples", min=1, help="Validation images per child"),
     threads: Optional[int] = THREADS_OPT,
+    workers: int = typer.Option(1, "--workers", min=1, help="Evaluate each generation's new children as N parallel "
+                                "Ray tasks (needs slimkit[search-ray]; 1: here, without Ray)"),
 ) -> None:
     """Evolve children against the latency table, confirm the winners by measuring, extract them as model dirs."""
     args = {k: str(v) if isinstance(v, Path) else v for k, v in dict(locals()).items()}
@@ -95,8 +97,11 @@ def run(
     from slimkit.search.table import LatencyTable
     from slimkit.search.train import load_supernet
 
+    from slimkit.search.parallel import require_ray
+
     target = parse_latency(latency)
     REWARDS.get(reward)
+    require_ray(workers)
     tab = LatencyTable.load(table or run_dir / "latency_table.json")
     net, _ = load_supernet(run_dir)
     tab.check_space(net.space)
@@ -110,7 +115,7 @@ def run(
     out = out or run_dir / "search"
     result = run_search(run_dir, tab, bundle, target, out, reward=reward, w=w, pareto=pareto, confirm=confirm,
                         evolution=EvolutionConfig(population, generations, seed=seed), threads=n,
-                        val_samples=val_samples)
+                        val_samples=val_samples, workers=workers)
     save_resolved_args(out, "search run", args)
     for row in result["winners"]:
         console().print(f"top-1 {row['accuracy']:.4f}  predicted {row['predicted_ms']:.3f} ms  measured "
