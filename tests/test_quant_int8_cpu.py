@@ -128,3 +128,31 @@ def test_target_cpu_reaches_the_int8_steps_of_a_recipe(monkeypatch, capsys, tmp_
     out = tmp_path / "run"
     assert run_cli_code(monkeypatch, "compress", "tv:resnet18", "--target-cpu", "pentium", "--out", out) == 2
     assert "--target-cpu" in capsys.readouterr().err and not out.exists()
+
+
+class _QK(nn.Module):
+    """Attention scores: both operands of the MatMul are activations (QLinearMatMul with an activation B)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.q(x) @ self.k(x).transpose(-1, -2)
+
+
+def test_exact_check_covers_matmuls_of_two_activations(tmp_path):
+    torch.manual_seed(0)
+    export_onnx(_QK(), (1, 6, 8), tmp_path / "fp.onnx")
+    pre = prepare_fp32(tmp_path / "fp.onnx", tmp_path / "pre.onnx")
+    x = np.random.default_rng(0).standard_normal((8, 1, 6, 8)).astype(np.float32)
+    q = quantize_static_qdq(pre, tmp_path / "q.onnx", x, QuantSettings(weights="s7"))
+    import onnx
+
+    opt = int8_check._optimized(q, tmp_path / "opt.onnx")
+    constant = {t.name for t in opt.graph.initializer}
+    act_b = [n for n in opt.graph.node if n.op_type in int8_check.INT8_OPS and n.input[3] not in constant]
+    assert act_b, [n.op_type for n in opt.graph.node]  # ORT ran the scores as an int8 op on two activations
+    check = int8_exact_check(q, x[:2])
+    assert check.passed and check.ops_checked == len([n for n in opt.graph.node if n.op_type in int8_check.INT8_OPS])
+    assert onnx.load(str(q)).graph.node

@@ -64,7 +64,10 @@ def _capture(model: onnx.ModelProto, ops: list, x: np.ndarray, tmp: Path) -> dic
     """Run ORT's own optimized graph (no further optimization) with every int8 op's input and output exposed."""
     import onnxruntime as ort
 
-    names = sorted({t for n in ops for t in (n.input[0], n.output[0])} - {o.name for o in model.graph.output})
+    # Data inputs are 0 (A / x) and 3 (B / w): B is an activation too in attention's QLinearMatMul (q @ k).
+    constant = {t.name for t in model.graph.initializer}
+    data = {t for n in ops for t in (n.input[0], n.input[3], n.output[0]) if t and t not in constant}
+    names = sorted(data - {o.name for o in model.graph.output})
     model.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in names)
     onnx.save(model, str(tmp / "capture.onnx"))
     opts = ort.SessionOptions()
