@@ -174,3 +174,40 @@ def test_refusal_names_the_module_that_blocks():
     assert message.startswith("nothing in this model can be pruned safely (no prunable channel groups): "
                               "100% of the MACs are in layers kept whole, the largest: 0 (its channels reach `mean` "
                               "[1, 8, 6, 6] -> [1, 1, 6, 6] in 1 (MeanGate)"), message
+
+
+def test_fixed_depthwise_blur_filter_follows_its_input_width(tmp_path):
+    """timm BlurPool2d (TResNet's anti-aliased downsampling): conv2d with a fixed (C, 1, 3, 3)
+    binomial buffer and groups=C. Channel-preserving, so the channels before it are pruned; its
+    `channels` and buffer shrink with them, and a model directory rebuilds the (unsaved) buffer."""
+    from timm.layers import BlurPool2d
+
+    from slimkit.models import load_model_dir, save_model_dir
+    from slimkit.models.resolve import ModelInfo
+
+    model, original = _conv_net(BlurPool2d(16)), _conv_net(BlurPool2d(16))
+    x = torch.randn(2, 3, 8, 8)
+    result = _prune_ratio(model, x[:1])
+    assert result.protected == [] and model[0].out_channels == 8 and model[2].in_channels == 8
+    blur = model[1]
+    assert blur.channels == 8 and blur.filt.shape == (8, 1, 3, 3)
+    binomial = torch.tensor([1.0, 2.0, 1.0])
+    assert torch.equal(blur.filt[3, 0], torch.outer(binomial, binomial) / 16)
+    _same_minus_removed(original, model, x)
+    save_model_dir(model, ModelInfo("module", "Blur"), tmp_path / "m")
+    reloaded, _ = load_model_dir(tmp_path / "m", base=_conv_net(BlurPool2d(16)))
+    assert reloaded[1].filt.shape == (8, 1, 3, 3)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), model.eval()(x))
+
+
+def test_depthwise_buffer_with_distinct_rows_is_named_not_resized():
+    """A fixed per-channel filter whose rows differ cannot follow an unknown channel selection: the
+    module whose forward breaks is protected and named (here the refusal, as nothing else can absorb it)."""
+    from timm.layers import BlurPool2d
+
+    blur = BlurPool2d(16)
+    blur.filt[0].mul_(2.0)
+    model = _conv_net(blur)
+    with pytest.raises(BadInputError, match=r"^pruning breaks the forward of 1 \(RuntimeError: .*groups=16"):
+        _prune_ratio(model, torch.randn(1, 3, 8, 8))

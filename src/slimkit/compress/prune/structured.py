@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from slimkit.compress.prune.adapters import ModelAdapters, analyse_model, clear_caches, fix_attributes
+from slimkit.compress.prune.adapters import ModelAdapters, analyse_model, clear_caches, fix_attributes, resize_fixed_filters
 from slimkit.compress.prune.errors import operation
 from slimkit.compress.prune.pruners import dependency_graph
 from slimkit.compress.prune.whole import frozen_reasons, group_reason
@@ -302,6 +302,8 @@ def apply_plan(model: nn.Module, example_inputs: torch.Tensor, plan: Plan, keeps
             _prune_groups(model, dg, plan, keeps)
     with operation("updating module attributes"):
         fix_attributes(model, adapters)
+    with operation("resizing fixed depthwise filters"):
+        resize_fixed_filters(model, example_inputs, adapters)
     return model
 
 
