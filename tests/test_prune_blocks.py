@@ -4,6 +4,8 @@ Each pruned model is compared with the original in which the removed channels ar
 place where they stop mattering (the next layer's input columns), so 'pruned' means 'same function
 minus those channels', not merely 'runs'."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -59,9 +61,25 @@ class TokenMixer(nn.Module):
         return self.linear_tokens(x.transpose(1, 2)).transpose(1, 2)
 
 
-class MeanGate(nn.Module):
+class FoldHalves(nn.Module):
+    """Sums the two halves of the channels: no channel survives as itself."""
+
     def forward(self, x):
-        return x * x.mean(1, keepdim=True).sigmoid()
+        return x.reshape(x.shape[0], 2, x.shape[1] // 2, *x.shape[2:]).sum(1)
+
+
+class ChannelsLastMlp(nn.Module):
+    """ConvNeXt / CSATv2 block tail: (B, C, H, W) -> channels last -> Linear MLP -> (B, N, C) ->
+    transpose -> reshape back to (B, C, H, W); a depthwise conv then reads the channels on axis 1."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.dw = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim), nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        t = self.fc2(torch.relu(self.fc1(x.permute(0, 2, 3, 1)))).reshape(b, h * w, -1)
+        return self.dw(t.transpose(1, 2).reshape(b, -1, h, w))
 
 
 def _conv_net(middle: nn.Module, width: int = 16) -> nn.Sequential:
@@ -167,13 +185,13 @@ def test_unmappable_concat_keeps_its_groups_whole(monkeypatch):
 
 def test_refusal_names_the_module_that_blocks():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), MeanGate(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), FoldHalves(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
     with pytest.raises(BadInputError) as info:
         _prune_ratio(model, torch.randn(1, 3, 6, 6))  # 6 != 8 channels: no axis looks like the channels
     message = str(info.value)
     assert message.startswith("nothing in this model can be pruned safely (no prunable channel groups): "
-                              "100% of the MACs are in layers kept whole, the largest: 0 (its channels reach `mean` "
-                              "[1, 8, 6, 6] -> [1, 1, 6, 6] in 1 (MeanGate)"), message
+                              "100% of the MACs are in layers kept whole, the largest: 0 (its channels reach `reshape` "
+                              "[1, 8, 6, 6] -> [1, 2, 4, 6, 6] in 1 (FoldHalves)"), message
 
 
 def test_fixed_depthwise_blur_filter_follows_its_input_width(tmp_path):
@@ -211,3 +229,74 @@ def test_depthwise_buffer_with_distinct_rows_is_named_not_resized():
     model = _conv_net(blur)
     with pytest.raises(BadInputError, match=r"^pruning breaks the forward of 1 \(RuntimeError: .*groups=16"):
         _prune_ratio(model, torch.randn(1, 3, 8, 8))
+
+
+def _narrow_reference(wide: nn.Sequential, pruned: nn.Sequential, middle: nn.Module) -> tuple[nn.Sequential, list[int]]:
+    """`wide` rebuilt with `middle` at the kept width of layer 0 and the kept weights, and the
+    outputs layer 2 lost zeroed at the classifier's input (exact: ReLU and pooling are per channel)."""
+    kept = _kept_rows(wide[0].bias.detach(), pruned[0].bias.detach())
+    kept2 = _kept_rows(wide[2].bias.detach(), pruned[2].bias.detach())
+    narrow = _conv_net(middle, width=len(kept))
+    with torch.no_grad():
+        narrow[0].weight.copy_(wide[0].weight[kept])
+        narrow[0].bias.copy_(wide[0].bias[kept])
+        narrow[2].weight.copy_(wide[2].weight[:, kept])
+        narrow[2].bias.copy_(wide[2].bias)
+        narrow[6].weight.copy_(wide[6].weight)
+        narrow[6].weight[:, [i for i in range(24) if i not in kept2]] = 0
+        narrow[6].bias.copy_(wide[6].bias)
+    return narrow, kept
+
+
+def test_statistic_over_channels_is_taken_over_the_kept_channels():
+    """RMSNorm2d (MobileNetV5's RmsNormAct2d: x * rsqrt(mean(x^2 over channels)) * weight) and a
+    mean-over-channels gate: no channel flows through the reduction, so the channels before it are
+    pruned, and the pruned model equals the same model built at the kept width with the kept weights."""
+    from timm.layers import RmsNorm2d
+
+    class MeanGate(nn.Module):
+        def forward(self, x):
+            return x * x.mean(1, keepdim=True).sigmoid()
+
+    x = torch.randn(2, 3, 8, 8)
+    for middle, narrow_middle in ((RmsNorm2d(16), RmsNorm2d(8)), (MeanGate(), MeanGate())):
+        if isinstance(middle, RmsNorm2d):
+            with torch.no_grad():
+                middle.weight.copy_(torch.linspace(0.5, 1.5, 16))
+        model, wide = _conv_net(middle), _conv_net(copy.deepcopy(middle))
+        result = _prune_ratio(model, x[:1])
+        assert result.notes == [] and model[0].out_channels == 8 and model[2].in_channels == 8
+        narrow, kept = _narrow_reference(wide, model, narrow_middle)
+        if isinstance(middle, RmsNorm2d):
+            assert model[1].normalized_shape == (8,)
+            assert torch.equal(model[1].weight.detach(), wide[1].weight.detach()[kept])
+            with torch.no_grad():
+                narrow[1].weight.copy_(wide[1].weight[kept])
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), narrow(x), rtol=0, atol=1e-6)
+
+
+def test_channels_back_to_axis_one_after_a_linear_are_followed_to_the_conv():
+    """The transpose (B, N, C) -> (B, C, N) after a Linear was judged unsafe (a Linear wrote the
+    last axis, which moves away); followed through the reshape to the depthwise conv reading axis 1,
+    it is safe, and the block's channels are pruned."""
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), ChannelsLastMlp(16), nn.Conv2d(16, 24, 3, padding=1),
+                             nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+
+    model, original = net(), net()
+    x = torch.randn(2, 3, 3, 3)  # 9 tokens, 16 channels: no axis looks like the channels by accident
+    result = _prune_ratio(model, x[:1])
+    assert not any("cannot follow" in n for n in result.notes), result.notes
+    block, ref = model[1], original[1]
+    assert block.fc1.in_features == model[0].out_channels < 16
+    assert block.fc2.out_features == block.dw.in_channels == block.dw.out_channels == model[2].in_channels < 16
+    kept = _kept_rows(ref.fc2.bias.detach(), block.fc2.bias.detach())
+    assert torch.equal(block.dw.weight.detach(), ref.dw.weight.detach()[kept])  # the same channels, through the transpose
+    with torch.no_grad():  # the original with each removed channel zeroed where it is next read
+        for first, second in ((original[0], ref.fc1), (ref.fc1, ref.fc2), (ref.fc2, original[2]), (original[2], original[6])):
+            pruned = dict(model.named_modules())[next(n for n, m in original.named_modules() if m is first)]
+            rows = _kept_rows(first.bias.detach(), pruned.bias.detach())
+            second.weight[:, [c for c in range(first.bias.shape[0]) if c not in rows]] = 0
+        torch.testing.assert_close(model(x), original(x), rtol=0, atol=1e-5)

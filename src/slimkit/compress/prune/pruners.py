@@ -42,4 +42,14 @@ def dependency_graph(model: torch.nn.Module, example_inputs: torch.Tensor) -> tp
     pruners = [p for p in list(dg.REGISTERED_PRUNERS.values()) + list(dg.CUSTOMIZED_PRUNERS.values()) if p is not None]
     dg._in_channel_pruning_fn = {p.prune_in_channels for p in pruners}  # Torch-Pruning's own handler caches
     dg._out_channel_pruning_fn = {p.prune_out_channels for p in pruners}
-    return dg.build_dependency(model, example_inputs=example_inputs, verbose=False)
+    # forward_fn: left to itself, Torch-Pruning first tries model(*example_inputs), which unpacks a batch of
+    # one into an unbatched sample; convs accept it, so the graph (and the shapes recorded alongside) lost the batch axis
+    return dg.build_dependency(model, example_inputs=example_inputs, forward_fn=_forward, verbose=False)
+
+
+def _forward(model: torch.nn.Module, example_inputs):
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)

@@ -65,8 +65,9 @@ class _GroupScorer:
                 tolerant_index_mapping() as unmapped:
             self.DG = dependency_graph(model, example_inputs)
         self.records = recorder.records
-        self.unsafe = unsafe_nodes(self.DG, recorder.records, exempt) + sorted(unmapped, key=id)
-        for module in self.unsafe:
+        sinks: list = []
+        self.unsafe = unsafe_nodes(self.DG, recorder.records, exempt, sinks) + sorted(unmapped, key=id)
+        for module in self.unsafe + sinks:
             self.DG.module2node[module].dependencies = []  # propagation stops here
         self.importance = importance
         self.num_heads = dict(num_heads)
