@@ -78,9 +78,9 @@ def channel_readers(node: Any, axis: int, shape: tuple[int, ...], records: dict)
                 found.append((n.module, ax == 1))
                 continue
             rec = records.get(n.grad_fn)
-            if rec is None and n.outputs and all(isinstance(c.module, nn.Linear) for c in n.outputs):
-                # F.linear on a >2-D input flattens the leading axes in an unrecorded view: the Linear reads the last
-                found.extend((c.module, ax == len(shp) - 1) for c in n.outputs)
+            linears = _linears_behind(n, records) if rec is None else None
+            if linears:  # F.linear on a >2-D input: unrecorded views and a matmul in front of the layer
+                found.extend((m, ax == len(shp) - 1) for m in linears)
                 continue
             if rec is None or tuple(shp) != rec.in_shape:
                 return None
@@ -90,6 +90,22 @@ def channel_readers(node: Any, axis: int, shape: tuple[int, ...], records: dict)
             following.extend((child, new, rec.out_shape) for child in n.outputs)
         frontier = following
     return found or None
+
+
+def _linears_behind(node: Any, records: dict, depth: int = 3) -> list[nn.Module] | None:
+    """The Linear layers every path of unrecorded nodes from `node` reaches within `depth` (autograd's
+    own views inside F.linear on a >2-D input); None when some path ends elsewhere."""
+    if isinstance(node.module, nn.Linear):
+        return [node.module]
+    if depth == 0 or records.get(node.grad_fn) is not None or not node.outputs:
+        return None
+    found: list[nn.Module] = []
+    for child in node.outputs:
+        behind = _linears_behind(child, records, depth - 1)
+        if behind is None:
+            return None
+        found.extend(behind)
+    return found
 
 
 def permute_verdict(node: Any, rec: Any, channels: int | None, records: dict) -> bool | None:
