@@ -7,7 +7,7 @@ on ONNX Runtime), so run it alone on the machine:
 
     flock -x /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/demo_bench.py
 
-Writes benchmarks/results/demo_bench.json: per stage top-1, median latency and IQR, MACs, params and file
+Writes benchmarks/results/demo_bench_<int8 path>.json (x86-vnni, x86-avx2, ...): per stage top-1, median latency and IQR, MACs, params and file
 size, with the speedup, the budget verdict, the run's conditions and the CPU.
 """
 
@@ -49,13 +49,15 @@ def main() -> None:
              "latency_iqr_ms": s["latency"]["iqr"], "repetitions": s["latency"]["repetitions"], "macs": s["macs"],
              "params": s["params"], "size_bytes": s["size_bytes"]} for s in [report["baseline"], *report["steps"]]]
     prune = report["steps"][0].get("details", {})
-    write_results("demo_bench", {
+    env = environment(report["conditions"]["threads"])
+    # One file per int8 path: the demo's cut and speedup depend on the CPU's int8 kernels.
+    write_results(f"demo_bench_{env['int8_path']}", {
         "command": "make demo: " + " ".join(command[3:]), "wall_s": round(wall, 1), "quiet_machine": quiet,
         "load_average_before": load_before, "stages": rows,
         "speedup": report["speedup"], "accuracy_drop_points": report["accuracy_drop"], "budget": report["budget"],
         "budget_met": report["budget_met"], "final_fraction": report["budget_detail"]["final_fraction"],
         "prune_target": prune.get("config", {}).get("target"), "int8_gain": prune.get("target_from", {}).get("int8_gain"),
-        "conditions": report["conditions"], "environment": environment(report["conditions"]["threads"])})
+        "conditions": report["conditions"], "environment": env})
     print("| model | top-1 % | latency ms (IQR) | MACs (M) | params (K) | file (KB) |\n|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['stage']} | {r['accuracy']:.2f} | {r['latency_ms']:.3f} ({r['latency_iqr_ms']:.3f}) | "

@@ -152,3 +152,25 @@ def test_accuracy_first_recipe_meets_its_own_budget(monkeypatch, tmp_path):
     assert report["budget"] == "macs=0.5"
     _assert_ceiling_met(report, "macs", 0.5)
     assert report["steps"][0]["details"]["config"]["criterion"] == "taylor"
+
+
+def test_int8_measured_slower_hands_on_the_fp32_model(monkeypatch, tmp_path):
+    """When the quantize step's timing says int8 is slower than fp32, the stage (and so the final deployable)
+    is the fp32 model, and the report says why; the deploy step then has no int8 to convert."""
+    import slimkit.compress.quantize.pipeline as qpipe
+
+    real = qpipe.final_check
+
+    def slower(latency, fp32_path, result, margin=0.03):
+        result = real(latency, fp32_path, result, margin)
+        result.speedup, result.slower_than_fp32, result.verdict = 0.5, True, "slower"
+        return result
+
+    monkeypatch.setattr(qpipe, "final_check", slower)
+    report = _compress(monkeypatch, tmp_path, _recipe(tmp_path, ["train", "quantize"]), None)
+    step = report["steps"][-1]
+    assert "0.50x of fp32" in step["details"]["kept_fp32"]
+    assert report["final"]["onnx"].endswith("final/model.onnx") and (tmp_path / "run" / "final" / "model.onnx").is_file()
+    assert not list((tmp_path / "run" / "final").glob("*.int8.onnx"))
+    fp32_bytes = (tmp_path / "run" / "steps" / "01-quantize" / "onnx" / "model.onnx").stat().st_size
+    assert step["size_bytes"] == fp32_bytes

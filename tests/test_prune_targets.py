@@ -94,3 +94,44 @@ def test_latency_target_met_and_confirmed_by_a_second_measurement(tmp_path):
     again = sorted(_ort_latency_ratio(original, model, size, tmp_path) for _ in range(3))[1]
     assert again <= bound * 1.15, (again, result.achieved)
     assert model(torch.randn(1, *size)).shape == (1, 10)
+
+
+def _floor_latency(monkeypatch, floor: float) -> None:
+    """Every pruned candidate measures `floor` of the reference: a latency floor no cut gets under."""
+    from types import SimpleNamespace
+
+    import slimkit.profile.timing as timing
+
+    monkeypatch.setattr(timing, "measure_interleaved", lambda calls, **_: {
+        "ref": SimpleNamespace(median=1.0), "cand": SimpleNamespace(median=floor)})
+
+
+def test_latency_target_under_the_floor_fails_unless_closest_is_asked(monkeypatch):
+    _floor_latency(monkeypatch, 0.6)
+    model = _wide()
+    with pytest.raises(BadInputError, match="out of reach: the closest measured latency ratio was 0.600"):
+        prune_(model, PruneConfig(target="latency=0.2", round_to=8), torch.randn(1, 3, 16, 16))
+    result = prune_(model, PruneConfig(target="latency=0.2", round_to=8, closest=True), torch.randn(1, 3, 16, 16))
+    assert result.achieved == pytest.approx(0.6)
+    assert any("out of reach" in n and "closest cut was kept" in n for n in result.notes)
+    # every trial measured the same, so the kept cut is the first one bisection tried (level 0.45, global l2)
+    assert result.level == pytest.approx(0.45) and result.after["macs"] < result.before["macs"]
+
+
+def test_out_of_reach_latency_keeps_the_lightest_cut_at_the_floor(monkeypatch):
+    """Latency falls with the cut until a floor (per-call overhead); past it deeper cuts only cost accuracy.
+    The kept cut is the one with the most MACs among those measured within tolerance of the floor."""
+    import slimkit.compress.prune.search as search
+
+    def trial(model, x, plan, cfg, round_to, level, reference, base, check):
+        ratio = max(0.5, 1.0 - level) * (0.98 if level > 0.8 else 1.0)  # the deepest cut reads 2% lower: noise
+        return search.Trial(level, round_to, [], int(1000 * (1 - level)), 0, ratio)
+
+    monkeypatch.setattr(search, "ort_runner", lambda *a: None)
+    monkeypatch.setattr(search, "_latency_trial", trial)
+    cfg = PruneConfig(target="latency=0.2", closest=True)
+    best, trials = search.search_latency(None, None, None, {}, 0.2, cfg, [8], None)
+    floor = min(t.ratio for t in trials)
+    at_floor = [t for t in trials if t.ratio <= floor * 1.1]
+    assert floor == pytest.approx(0.49) and best.macs == max(t.macs for t in at_floor)
+    assert best.level == min(t.level for t in at_floor) and best.level < max(t.level for t in trials)

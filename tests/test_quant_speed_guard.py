@@ -11,7 +11,8 @@ from quant_helpers import FakeClock, one_thread  # noqa: F401  (autouse)
 from slimkit.compress.quantize.graph import OnnxGraph
 from slimkit.compress.quantize.ptq import Int8Builder, QuantSettings, prepare_fp32
 from slimkit.compress.quantize.op_profile import UNATTRIBUTED, OrtOpProfiler, attribute, group_costs
-from slimkit.compress.quantize.speed_guard import OrtLatency, fused_closure, losing_groups, speed_groups, speed_guard
+from slimkit.compress.quantize.speed_guard import (OrtLatency, block_groups, fused_closure, losing_groups, speed_groups,
+                                                   speed_guard)
 from slimkit.deploy import export_onnx
 
 SIZE = (1, 16, 16)
@@ -220,3 +221,32 @@ def test_hard_swish_group_is_named_and_closed_over_its_conv(tmp_path):
     closed = fused_closure(g, hswish)
     assert [g.by_name[n].op_type for n in closed if n not in hswish] == ["Conv"]
     assert g.upstream(g.by_name[closed[-1]].output[0]) is g.by_name[closed[-1]] and closed[-1] == g.nodes[0].name
+
+
+def test_block_groups_follow_the_exported_module_path(built):
+    _, pre, _ = built
+    g = OnnxGraph(pre)
+    blocks = block_groups(g, depth=1)
+    # se_net's only multi-node module is the SE block at index 2 (pool, fc1, relu, fc2, gate, and the scaling Mul)
+    assert list(blocks) == ["/2"]
+    assert _ops(g, blocks["/2"]) == ["Conv", "Conv", "GlobalAveragePool", "HardSigmoid", "Mul", "Relu"]
+    assert block_groups(g, depth=2) == {}  # no module two levels down holds two nodes
+
+
+def test_guard_times_the_losing_blocks_and_keeps_the_fastest(built):
+    """With blocks given, every block that profiles slower in int8 is a float candidate of its own; the
+    stopwatch (exact stub costs) picks among all candidates, and the float nodes name the block candidate."""
+    fp32, _, builder = built
+    kw = {}  # int8 gates cost 15x: the SE block's gates lose more than its two small convs gain
+    g = OnnxGraph(builder.fp32_path)
+    blocks = block_groups(g, depth=1)
+    _, _, result = _guard(builder, fp32, kw, kw, blocks=blocks)
+    assert result.profile["losing_blocks"] == ["/2"]
+    timed = {"+".join(t["float_groups"]) for t in result.trials}
+    assert "losing_blocks" in timed and any(k.startswith("losing_blocks+") for k in timed)
+    kept = [t for t in result.trials if t["kept"]]
+    assert len(kept) == 1 and kept[0]["ratio_vs_int8"] == min(t["ratio_vs_int8"] for t in result.trials)
+    cost = graph_cost(**kw)
+    assert result.speedup == pytest.approx(cost(fp32) / cost(result.path))
+    if kept[0]["float_groups"][0] == "losing_blocks":
+        assert set(blocks["/2"]) <= set(result.float_nodes)

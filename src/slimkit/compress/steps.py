@@ -300,6 +300,14 @@ def quantize_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], wor
     result = quantize(model, config, data=data, input_size=ctx.input_size, out_dir=work / "onnx",
                       teacher=ctx.original, seed=ctx.seed)
     details: dict[str, Any] = {"quantize": result.report}
+    guard = result.report.get("speed_guard") or {}
+    fp32 = result.files.get("fp32_onnx")
+    if kind == "ptq" and guard.get("slower_than_fp32") and fp32 is not None and fp32.is_file():
+        # The deployable is the fastest model within the limit: int8 measured slower hands on the fp32 one.
+        details["kept_fp32"] = (f"int8 measured {guard['speedup']:.2f}x of fp32's speed (slower) in the speed guard's "
+                                "interleaved timing: this stage hands on the fp32 model")
+        ctx.say(details["kept_fp32"])
+        return StepResult(model, onnx_path=fp32, details=details)
     if kind == "codebook":
         details["note"] = ("this stage's ONNX file holds the decoded fp32 weights; the compressed form is the "
                            f"codebook file of {result.report['size_bytes']['codebook']} bytes")
@@ -330,8 +338,8 @@ def _last_step(ctx: RunContext, step_type: str) -> tuple[Path, dict] | None:
 def _last_quantize(ctx: RunContext) -> tuple[Path, dict] | None:
     """The int8 QDQ ONNX and params of the run's latest completed quantize step, if any."""
     found = _last_step(ctx, "quantize")
-    if found is None or not found[1].get("onnx"):
-        return None
+    if found is None or not str(found[1].get("onnx") or "").endswith(".int8.onnx"):
+        return None  # none, or one that handed on fp32 (int8 measured slower)
     return found[0] / found[1]["onnx"], found[1].get("params", {})
 
 

@@ -190,8 +190,11 @@ def _search(model, x, plan: Plan, before, config: PruneConfig, check, allocator=
         best, trials = search_structural(model, x, plan, stats, before, target.kind, target.ratio, alloc,
                                          config.max_layer_prune, check, round_to)
     if abs(best.ratio / target.ratio - 1) > config.tolerance and not (target.kind == "latency" and best.ratio < target.ratio):
-        raise BadInputError(
-            f"target {target} is out of reach: the closest measured {target.kind} ratio was {best.ratio:.3f} "
-            f"(every layer keeps >= {1 - config.max_layer_prune:.0%}; {kept_whole_summary(plan, layer_stats(model, x))})"
-        )
+        message = (f"target {target} is out of reach: the closest measured {target.kind} ratio was {best.ratio:.3f} "
+                   f"(every layer keeps >= {1 - config.max_layer_prune:.0%}; {kept_whole_summary(plan, layer_stats(model, x))})")
+        # A pipeline toward a budget (compress) would rather keep the deepest cut and report the miss than stop.
+        if not (config.closest and target.kind == "latency"):
+            raise BadInputError(message)
+        log.warning("%s; keeping that closest cut", message)
+        plan.frozen_notes.append(f"{message}; the closest cut was kept")
     return best, trials

@@ -64,6 +64,7 @@ class PruneConfig:
     ignore: list[str] = field(default_factory=list)  # module-name prefixes left unpruned
     calib_batches: int = 4  # batches of data for data-driven criteria (taylor, lrp)
     latency_threads: int = 1  # ONNX Runtime intra-op threads for latency targets
+    closest: bool = False  # a latency target out of reach keeps the closest cut (noted) instead of failing
     unstructured: float | None = None  # extra weight sparsity after structured pruning (0..1)
     unstructured_scope: str = "global"  # global | layer | lamp
     schedule: str = "oneshot"  # oneshot | iterative | lapp | precrop (see SCHEDULES)

@@ -137,9 +137,13 @@ def search_latency(model, x, plan, base, ratio, cfg, roundings, check, steps: in
             else:
                 lo = level
     meeting = [t for t in trials if t.ratio <= ratio * (1 + cfg.tolerance)]
-    pool = meeting or trials
-    best = max(pool, key=lambda t: t.macs) if meeting else min(pool, key=lambda t: t.ratio)
-    return best, trials
+    if not meeting:
+        # Out of reach: small models hit a floor (per-call overhead) that deeper cuts do not lower, and on a
+        # noisy machine the lowest reading is as likely the deepest cut as any. The lightest cut measured
+        # within tolerance of the floor loses the least for the same speed.
+        floor = min(t.ratio for t in trials)
+        meeting = [t for t in trials if t.ratio <= floor * (1 + cfg.tolerance)]
+    return max(meeting, key=lambda t: t.macs), trials
 
 
 def _latency_trial(model, x, plan, cfg, round_to, level, reference, base, check) -> Trial:

@@ -24,7 +24,7 @@ from slimkit.compress.quantize.ort_eval import accuracy
 from slimkit.compress.quantize.ptq import Int8Builder, QuantSettings, prepare_fp32
 from slimkit.compress.quantize.op_profile import OrtOpProfiler
 from slimkit.compress.quantize.speed_guard import (LatencyFn, OrtLatency, SpeedGuardResult, final_check, fused_closure,
-                                                   speed_groups, speed_guard)
+                                                   speed_groups, speed_guard, block_groups)
 from slimkit.utils.io import atomic_dir, atomic_write_json
 
 __all__ = ["quantize_ptq", "has_depthwise"]
@@ -137,7 +137,7 @@ def quantize_ptq(
             groups = {k: fused_closure(graph, v) for k, v in speed_groups(graph).items()}
             profiler = OrtOpProfiler(input_size, [n.name for n in graph.nodes], threads=conditions_threads(latency))
             guard = speed_guard(sources.build, fp32_path, settings, groups, latency, final_latency=final_latency,
-                                profiler=profiler, profile_fp32=graph_path)
+                                profiler=profiler, profile_fp32=graph_path, blocks=block_groups(graph))
             settings = guard.settings
             float_nodes.update(guard.float_nodes)
         else:

@@ -25,7 +25,7 @@ from slimkit.compress.quantize.op_profile import UNATTRIBUTED, group_costs
 from slimkit.compress.quantize.ptq import QuantSettings
 from slimkit.profile.timing import Timing, measure_interleaved
 
-__all__ = ["OrtLatency", "speed_groups", "fused_closure", "losing_groups", "speed_guard", "final_check", "SpeedGuardResult", "LatencyFn"]
+__all__ = ["OrtLatency", "speed_groups", "block_groups", "fused_closure", "losing_groups", "speed_guard", "final_check", "SpeedGuardResult", "LatencyFn"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,21 @@ def speed_groups(g: OnnxGraph, tiny_fraction: float = 0.01) -> dict[str, list[st
     return {k: v for k, v in groups.items() if v}
 
 
+def block_groups(g: OnnxGraph, depth: int = 2) -> dict[str, list[str]]:
+    """Nodes by the model block their exported name places them in: `/features/features.7/block/...` ->
+    `/features/features.7` (the first `depth` module levels). Blocks of one node are dropped.
+
+    Whole blocks are the other grain of a mixed model: keeping a losing block float puts Quantize/Dequantize
+    only at its two ends, where keeping an op kind float (all hard-swishes) puts a pair around every one.
+    """
+    blocks: dict[str, list[str]] = {}
+    for n in g.nodes:
+        parts = n.name.split("/")
+        if len(parts) > depth + 1 and parts[0] == "":
+            blocks.setdefault("/".join(parts[: depth + 1]), []).append(n.name)
+    return {k: v for k, v in blocks.items() if len(v) > 1}
+
+
 @dataclass
 class SpeedGuardResult:
     settings: QuantSettings
@@ -186,6 +201,26 @@ def _candidates(settings: QuantSettings, groups: dict[str, list[str]], losing: l
     return out
 
 
+LOSING_BLOCKS = "losing_blocks"
+
+
+def _block_candidates(settings: QuantSettings, blocks: dict[str, list[str]], fp32_ms: dict[str, float],
+                      int8_ms: dict[str, float], groups: dict[str, list[str]], losing: list[dict]) -> tuple[dict, dict, list[str]]:
+    """Float for every block that profiles slower in int8, alone and with the worst losing op group.
+
+    Returns (candidates, their member nodes by name, the losing blocks)."""
+    slow = [b for b, nodes in blocks.items() if group_costs(nodes, fp32_ms, int8_ms)["loss_ms"] > 0]
+    nodes = [n for b in slow for n in blocks[b] if n not in settings.exclude]
+    if not nodes:
+        return {}, {}, slow
+    members = {LOSING_BLOCKS: nodes}
+    out = {LOSING_BLOCKS: settings.with_exclude(nodes)}
+    if losing:
+        worst = losing[0]["group"]
+        out[f"{LOSING_BLOCKS}+{worst}"] = out[LOSING_BLOCKS].with_exclude(groups[worst])
+    return out, members, slow
+
+
 def speed_guard(
     build: Callable[[QuantSettings], Path],
     fp32_path: Path,
@@ -199,6 +234,7 @@ def speed_guard(
     min_loss_fraction: float = 0.01,
     most: int = 3,
     final_latency: LatencyFn | None = None,
+    blocks: dict[str, list[str]] | None = None,
 ) -> SpeedGuardResult:
     """Keep in float the op groups that lose time in int8 (ORT's profiler), keep the mixed model only if it
     measures faster, then time fp32 against the result.
@@ -208,6 +244,7 @@ def speed_guard(
     `min_loss_fraction` of the int8 model's profiled total. The all-int8 model and up to `most` cumulative
     mixed assignments are then timed interleaved with fp32 (`latency`); the fastest int8 one is kept, a
     mixed one only when it beats all-int8 by `margin`. `final_latency` (default: `latency`) gives the verdict.
+    `blocks` (block_groups) adds the block-grain candidates: every block that profiles slower in int8 kept float.
     """
     result = SpeedGuardResult(settings, build(settings))
     todo = {g: [n for n in nodes if n not in settings.exclude] for g, nodes in groups.items()}
@@ -219,7 +256,12 @@ def speed_guard(
                           "unattributed_int8_ms": int8_ms.get(UNATTRIBUTED, 0.0),
                           "groups": {g: group_costs(n, fp32_ms, int8_ms) for g, n in todo.items()},
                           "losing": [r["group"] for r in losing]}
-        candidates = _candidates(settings, todo, losing, most)
+        candidates, members = _candidates(settings, todo, losing, most), dict(todo)
+        if blocks:
+            extra, block_members, slow = _block_candidates(settings, blocks, fp32_ms, int8_ms, todo, losing)
+            candidates.update(extra)
+            members.update(block_members)
+            result.profile["losing_blocks"] = slow
         if candidates:
             paths = {"fp32": Path(fp32_path), "int8": result.path, **{k: build(s) for k, s in candidates.items()}}
             t = latency(paths)
@@ -235,7 +277,7 @@ def speed_guard(
                 result.settings, result.path = candidates[best], paths[best]
                 for g in best.split("+"):
                     result.float_nodes.update({n: f"speed: {g} lose time in int8 (profiled), mixed model measured faster"
-                                               for n in todo[g] if n not in result.float_nodes})
+                                               for n in members[g] if n not in result.float_nodes})
     return final_check(final_latency or latency, fp32_path, result, margin)
 
 
