@@ -299,3 +299,39 @@ def test_channels_back_to_axis_one_after_a_linear_are_followed_to_the_next_linea
     assert torch.equal(block.norm.weight.detach(), ref.norm.weight.detach()[kept])
     rows = _kept_rows(ref.fc3.bias.detach(), block.fc3.bias.detach())  # fc3's own outputs are pruned too
     assert torch.equal(block.fc3.weight.detach(), ref.fc3.weight.detach()[rows][:, kept])  # the same channels throughout
+
+
+class Pointwise(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class StoredBias(nn.Module):
+    """A block whose forward adds a buffer of its stored width (breaks once its channels are pruned)
+    and holds a module of its own: not a torch.nn-only class, so one failure does not name them all."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = Pointwise(dim)
+        self.register_buffer("table", torch.linspace(0, 1, dim))
+
+    def forward(self, x):
+        return self.proj(x) + self.table.view(1, -1, 1, 1)
+
+
+def test_a_class_that_breaks_twice_is_protected_everywhere():
+    """Seven blocks of one class break alike: after the second failure every block of that class is
+    protected, instead of one per repair until the repairs run out (MViTv2's attention)."""
+    torch.manual_seed(0)
+    blocks = [m for _ in range(7) for m in (StoredBias(16), nn.Conv2d(16, 16, 1))]  # each block breaks on its own
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), *blocks, nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+    result = _prune_ratio(model, torch.randn(1, 3, 8, 8))
+    names = [str(i) for i in range(1, 15, 2)]
+    assert sorted(result.protected) == sorted(names) and len(result.protected) == 7
+    assert model[14].out_channels == 7 and model[15].out_channels == model[19].in_features == 13  # the rest is still pruned
+    assert all(model[int(n)].proj.conv.in_channels == 16 for n in names)
