@@ -122,7 +122,9 @@ def prune_and_check(name: str, side: int, kwargs: dict[str, Any]) -> dict[str, A
     info.input_size = (3, side, side)
     x = torch.randn(2, 3, side, side)
     macs, params = count_macs(model, x[:1]).total, sum(p.numel() for p in model.parameters())
-    row: dict[str, Any] = {"macs_before": int(macs)}
+    with torch.no_grad():  # the shape to keep: (2, 10) for a classifier, features for an encoder (gemma4_vit)
+        out_shape = tuple(model.eval()(x).shape)
+    row: dict[str, Any] = {"macs_before": int(macs), "output_shape": list(out_shape)}
     start = time.perf_counter()
     try:
         result = prune_(model, PruneConfig(target="macs=0.5"), x[:1])
@@ -135,14 +137,14 @@ def prune_and_check(name: str, side: int, kwargs: dict[str, Any]) -> dict[str, A
                params_ratio=round(sum(p.numel() for p in model.parameters()) / params, 4),
                protected=result.protected, notes=result.notes, trials=len(result.trials))
     row["on_target"] = abs(row["macs_ratio"] - 0.5) <= 0.05
-    row.update(checks(model, info, x))
+    row.update(checks(model, info, x, out_shape))
     failed = [k for k in ("on_target", "forward_ok", "onnx_ok", "reload_exact") if not row.get(k)]
     row["outcome"] = "fail" if failed else "pass"
     row["reason"] = ", ".join(f"not {k}" for k in failed) + (f" ({row['onnx_error']})" if row.get("onnx_error") else "")
     return row
 
 
-def checks(model, info, x) -> dict[str, Any]:
+def checks(model, info, x, out_shape: tuple[int, ...]) -> dict[str, Any]:
     import torch
 
     from slimkit.deploy.onnx_export import export_onnx
@@ -151,7 +153,7 @@ def checks(model, info, x) -> dict[str, Any]:
     found: dict[str, Any] = {}
     with torch.no_grad():
         out = model.eval()(x)
-    found["forward_ok"] = tuple(out.shape) == (2, 10)
+    found["forward_ok"] = tuple(out.shape) == out_shape
     with tempfile.TemporaryDirectory() as tmp:
         try:
             report = export_onnx(model, tuple(x.shape[1:]), Path(tmp) / "model.onnx")
