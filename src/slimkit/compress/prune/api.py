@@ -147,7 +147,8 @@ def _prune(model, config, example_inputs, calib, data, progress, allocator) -> P
         except _Broken as broken:
             names = [n for n in broken.names if n not in protected]
             if not names:
-                raise BadInputError(f"pruning breaks the forward of {broken.names[0]} ({broken}); cannot repair") from broken
+                where = broken.names[0] or f"the model itself ({type(model).__name__}, its own forward)"
+                raise BadInputError(f"pruning breaks the forward of {where} ({broken}); cannot repair") from broken
             log.info("forward broke in %s (%s); protecting %s", broken.names[0], broken, ", ".join(names))
             protected.extend(names)
     else:
