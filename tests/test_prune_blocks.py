@@ -335,3 +335,20 @@ def test_a_class_that_breaks_twice_is_protected_everywhere():
     assert sorted(result.protected) == sorted(names) and len(result.protected) == 7
     assert model[14].out_channels == 7 and model[15].out_channels == model[19].in_features == 13  # the rest is still pruned
     assert all(model[int(n)].proj.conv.in_channels == 16 for n in names)
+
+
+def test_concat_and_split_bookkeeping_with_an_unknown_width_is_skipped():
+    """EVA (DINOv3 rotary attention): a concat/split whose piece widths Torch-Pruning could not infer
+    holds a None among its sizes, and its pruner added None to an int during the cut. With an unknown
+    width the bookkeeping is skipped; with known widths it is Torch-Pruning's (8 = 4 + 4, channels 1
+    and 5 removed: 3 + 3)."""
+    from types import SimpleNamespace
+
+    from slimkit.compress.prune.pruners import ConcatPruner, SplitPruner
+
+    for pruner, attr in ((ConcatPruner(), "concat_sizes"), (SplitPruner(), "split_sizes")):
+        unknown = SimpleNamespace(**{attr: [4, None]})
+        assert pruner.prune_out_channels(unknown, [1, 5]) is None and getattr(unknown, attr) == [4, None]
+        known = SimpleNamespace(**{attr: [4, 4]})
+        pruner.prune_out_channels(known, [1, 5])
+        assert getattr(known, attr) == [3, 3]

@@ -5,6 +5,9 @@ for the search's trial copies and for the final cut alike:
 
 - GroupNorm without bias (`nn.GroupNorm(..., bias=False)`, timm `GroupNorm1` in PoolFormer-v2 and
   other MetaFormers): Torch-Pruning prunes `bias` unconditionally and fails on None.
+- concat / split whose input (piece) widths Torch-Pruning could not infer (a None among its `concat_sizes`; EVA's
+  DINOv3 rotary attention): its pruner only keeps those sizes for later index mapping, and added
+  None to an int; the bookkeeping is skipped, as Torch-Pruning does when no size is known at all.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 from torch_pruning.pruner import function
 
-__all__ = ["dependency_graph", "GroupNormPruner"]
+__all__ = ["dependency_graph", "GroupNormPruner", "ConcatPruner", "SplitPruner"]
 
 
 class GroupNormPruner(function.GroupNormPruner):
@@ -32,7 +35,29 @@ class GroupNormPruner(function.GroupNormPruner):
     prune_in_channels = prune_out_channels
 
 
-_REPLACED = {ops.OPTYPE.GN: GroupNormPruner()}
+class ConcatPruner(ops.ConcatPruner):
+    """Torch-Pruning's concat bookkeeping, skipped when some input width is unknown."""
+
+    def prune_out_channels(self, layer, idxs):
+        if layer.concat_sizes is not None and any(size is None for size in layer.concat_sizes):
+            return None
+        return super().prune_out_channels(layer, idxs)
+
+    prune_in_channels = prune_out_channels
+
+
+class SplitPruner(ops.SplitPruner):
+    """Torch-Pruning's split bookkeeping, skipped when some piece's width is unknown."""
+
+    def prune_out_channels(self, layer, idxs):
+        if layer.split_sizes is not None and any(size is None for size in layer.split_sizes):
+            return None
+        return super().prune_out_channels(layer, idxs)
+
+    prune_in_channels = prune_out_channels
+
+
+_REPLACED = {ops.OPTYPE.GN: GroupNormPruner(), ops.OPTYPE.CONCAT: ConcatPruner(), ops.OPTYPE.SPLIT: SplitPruner()}
 
 
 def dependency_graph(model: torch.nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
