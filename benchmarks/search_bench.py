@@ -9,7 +9,8 @@ Parts (each merges its section into benchmarks/results/search_bench.json):
   train    the supernet on a Fashion-MNIST subset at 24/32 px (sandwich rule, in-place distillation,
            delayed shrinking), then children's top-1 without retraining (BN recalibrated) against the same
            architectures trained from scratch for the same epochs (BigNAS's claim).
-  proxies  Kendall tau of synflow, grad-norm, NASWOT, MACs and params against 30 children's top-1.
+  proxies  Kendall tau of synflow, grad-norm, NASWOT, Zen, DeepMAD, MACs and params against 30 children's
+           supernet top-1 (needs `train` first); `proxies-alone`: against the same 30 trained from scratch.
   search   evolutionary search (MnasNet reward, w=-0.07) at a target set from the table, winners measured.
 
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/search_bench.py train
@@ -27,6 +28,9 @@ from _common import RESULTS, environment, write_results
 
 WORK = Path("/tmp/slimkit_search_bench")
 TRAIN_SAMPLES, VAL_SAMPLES, EPOCHS = 3000, 1000, 4
+# proxies-alone: 30 children each trained from scratch on a smaller subset (about 25 min on 1 thread at load 15).
+# 1 epoch at batch 64 left them near chance (8-16% top-1: no ranking to measure), hence 2 epochs at batch 32.
+ALONE_EPOCHS, ALONE_TRAIN_SAMPLES, ALONE_BATCH = 2, 1500, 32
 
 
 def _merge(part: str, payload: dict) -> None:
@@ -54,11 +58,11 @@ def latency_part() -> dict:
     return out
 
 
-def _data(space):
+def _data(space, train_samples: int = TRAIN_SAMPLES):
     from slimkit.data import load_data
 
     res = max(space.resolutions)
-    return load_data("fashion-mnist", input_size=(1, res, res), train_samples=TRAIN_SAMPLES,
+    return load_data("fashion-mnist", input_size=(1, res, res), train_samples=train_samples,
                      val_samples=VAL_SAMPLES, seed=0)
 
 
@@ -90,18 +94,10 @@ def train_part() -> dict:
 
 def _child_vs_scratch(space, ev, arch, data, cfg, name: str) -> dict:
     """Top-1 of `arch` taken from the supernet (BN recalibrated) and of the same net trained alone."""
-    import torch
+    from slimkit.search.evaluate import train_alone
 
-    from slimkit.engine.evaluate import evaluate
-    from slimkit.engine.fit import fit
-    from slimkit.search.child import ChildNet, child_spec
-    from slimkit.search.evaluate import _Resized
-
-    torch.manual_seed(0)
-    scratch = _Resized(ChildNet(child_spec(space, arch)), arch.resolution)
-    fit(scratch, data, cfg, progress=False)
     return {"child": name, "arch": arch.model_dump(), "supernet_top1": ev.accuracy(arch),
-            "scratch_top1": float(evaluate(scratch, data.val)["top1"])}
+            "scratch_top1": train_alone(space, arch, data, cfg)}
 
 
 def search_part(target_ms: float | None) -> dict:
@@ -123,41 +119,44 @@ def search_part(target_ms: float | None) -> dict:
             "winner": res["winners"][0], "confirmed": res["confirmed"], "pareto_front": front["confirmed"]}
 
 
-def proxies_part(n: int = 30) -> dict:
-    """Kendall tau of zero-cost proxies and MACs/params against the children's supernet top-1 (BN recalibrated)."""
-    import random
-
+def proxies_part(n: int = 30, alone: bool = False) -> dict:
+    """Kendall tau of the zero-cost proxies, MACs and params against n children's top-1: the supernet's children
+    (BN recalibrated), or with `alone` each child trained from scratch for ALONE_EPOCHS on the same subset."""
     import torch
 
-    from slimkit.search.child import ChildNet, child_spec
-    from slimkit.search.evaluate import ChildEvaluator
-    from slimkit.search.proxies import rank_correlation, score
-    from slimkit.search.train import load_supernet, resize_to
+    from slimkit.engine.config import TrainConfig
+    from slimkit.search.evaluate import ChildEvaluator, train_alone
+    from slimkit.search.rank import proxy_batch, proxy_study, sample_distinct
+    from slimkit.search.space import load_space
+    from slimkit.search.train import check_space_data, load_supernet
 
     torch.set_num_threads(1)
-    net, _ = load_supernet(WORK / "supernet")
-    space, data = net.space, _data(net.space)
-    ev = ChildEvaluator(net, data)
-    rng = random.Random(5)
-    archs = [space.sample(rng) for _ in range(n)]
-    x = torch.stack([data.train[i][0] for i in range(64)])
-    y = torch.tensor([int(data.train[i][1]) for i in range(64)])
-    scores, accs = [], []
-    for arch in archs:
-        scores.append(score(lambda a=arch: ChildNet(child_spec(space, a)), resize_to(x, arch.resolution), y))
-        accs.append(ev.accuracy(arch))
-    return {"environment": environment(1), "n": n, "accuracy": "supernet child top-1 (BN recalibrated), not "
-            "stand-alone training", "kendall_tau": rank_correlation(scores, accs), "accuracies": accs,
-            "scores": scores}
+    if alone:
+        space = load_space("mbv2")
+        data = _data(space, ALONE_TRAIN_SAMPLES)
+        space = check_space_data(space, 1, data.num_classes)
+        cfg = TrainConfig(epochs=ALONE_EPOCHS, batch_size=ALONE_BATCH, lr=3e-3, seed=0)
+        accuracy = lambda a: train_alone(space, a, data, cfg)  # noqa: E731
+        what = f"top-1 trained alone, {ALONE_EPOCHS} epoch(s) at batch {ALONE_BATCH} on {ALONE_TRAIN_SAMPLES} images"
+    else:
+        net, _ = load_supernet(WORK / "supernet")
+        space, data = net.space, _data(net.space)
+        accuracy, what = ChildEvaluator(net, data).accuracy, "supernet child top-1 (BN recalibrated)"
+    x, y = proxy_batch(data.train, 64)
+    start = time.perf_counter()
+    res = proxy_study(space, sample_distinct(space, n, 5), accuracy, x, y)
+    return {"environment": environment(1), "n": n, "accuracy": what, "seconds": round(time.perf_counter() - start, 1),
+            "kendall_tau": res["kendall_tau"], "rows": res["rows"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["latency", "train", "search", "proxies"])
+    parser.add_argument("part", choices=["latency", "train", "search", "proxies", "proxies-alone"])
     parser.add_argument("--target-ms", type=float, default=None)
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    payload = {"latency": latency_part, "train": train_part, "proxies": proxies_part}.get(
+    payload = {"latency": latency_part, "train": train_part, "proxies": proxies_part,
+               "proxies-alone": lambda: proxies_part(alone=True)}.get(
         args.part, lambda: search_part(args.target_ms))()
     _merge(args.part, payload)
 

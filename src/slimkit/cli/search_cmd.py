@@ -1,4 +1,4 @@
-"""`slimkit search`: hardware-aware architecture search (spaces, latency-table, train, run)."""
+"""`slimkit search`: hardware-aware architecture search (spaces, latency-table, train, run, proxies)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,23 @@ def predict(table: Path = typer.Argument(..., help="Latency table (JSON)"),
         console().print(f"{tab.predict_ms(tab.space.validate_arch(a)):.4f} ms  {a.key()}")
 
 
+@app.command("pick")
+def pick(run_dir: Path = typer.Argument(..., help="A `slimkit search train --sorted N` run directory"),
+         budget: str = typer.Option(..., "--budget", help="macs=F, params=F, size=F (fractions of the largest level) "
+                                    "or level=I"),
+         out: Path = typer.Option(..., "--out", "-o", help="Model directory to write the chosen sub-model to")) -> None:
+    """Write the largest nested sub-model of a SortedNet run within --budget as an ordinary model directory."""
+    from slimkit.models import load_model
+    from slimkit.models.modeldir import is_model_dir, save_model_dir
+
+    if not is_model_dir(run_dir):
+        raise BadInputError(f"{run_dir} is not a model directory (train one with `slimkit search train --sorted N`)")
+    child, info = load_model(str(run_dir), budget=budget)
+    level = child.spec
+    save_model_dir(child, info, out, extra={"sorted": {"run": str(run_dir), "budget": budget}})
+    console().print(f"budget {budget}: sub-model at {level['resolution']} px, {len(level['blocks'])} blocks -> {out}")
+
+
 def _warn_conditions(table, threads: Optional[int]) -> list[str]:
     problems = table.check_conditions(threads)
     for p in problems:
@@ -105,6 +122,6 @@ def _warn_conditions(table, threads: Optional[int]) -> list[str]:
 
 
 def register(root: typer.Typer) -> None:
-    from slimkit.cli import search_run_cmd  # noqa: F401  (adds train and run to `app`)
+    from slimkit.cli import search_proxies_cmd, search_run_cmd  # noqa: F401  (add train, run, proxies to `app`)
 
     root.add_typer(app, name="search")

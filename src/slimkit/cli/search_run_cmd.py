@@ -38,8 +38,10 @@ def train(
     threads: Optional[int] = THREADS_OPT,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous run in --out"),
+    sorted_levels: Optional[int] = typer.Option(None, "--sorted", min=2, help="SortedNet: train N nested sub-models "
+                                                "instead (load one with OUT@macs=0.5)"),
 ) -> None:
-    """Train a once-for-all supernet: sandwich rule, in-place distillation, delayed shrinking."""
+    """Train a once-for-all supernet (sandwich rule, in-place distillation, delayed shrinking), or a SortedNet."""
     args = {k: str(v) if isinstance(v, Path) else v for k, v in dict(locals()).items()}
     from slimkit.engine.config import TrainConfig
     from slimkit.engine.outputs import prepare_out_dir
@@ -54,18 +56,20 @@ def train(
     bundle = _bundle(sp, data, train_samples, val_samples, seed)
     sp = check_space_data(sp, bundle.input_size[0], bundle.num_classes)
     result = train_supernet(sp, bundle, cfg, out, resume=resume, overwrite=overwrite,
-                            sandwich=SandwichConfig(n_random, delay, ramp, seed=seed))
+                            sandwich=SandwichConfig(n_random, delay, ramp, seed=seed), sorted_levels=sorted_levels)
     save_resolved_args(out, "search train", args)
     atomic_write_json(out / TRAIN_INFO, {"data": data, "train_samples": train_samples, "val_samples": val_samples,
                                          "seed": seed, "input_size": list(bundle.input_size)})
     from slimkit.search.evaluate import ChildEvaluator
 
     ev = ChildEvaluator(result.model, bundle)
-    ends = {name: {"arch": a.model_dump(), "top1": ev.accuracy(a)}
-            for name, a in (("largest", sp.largest()), ("smallest", sp.smallest()))}
+    named = ([(f"level_{i}", a) for i, a in enumerate(result.model.levels)] if sorted_levels else
+             [("largest", sp.largest()), ("smallest", sp.smallest())])
+    ends = {name: {"arch": a.model_dump(), "top1": ev.accuracy(a)} for name, a in named}
     atomic_write_json(out / "children.json", {"bn": "recalibrated per child", "children": ends})
-    console().print(f"supernet trained {result.epochs_completed} epoch(s); val top-1 (BN recalibrated): largest "
-                    f"{ends['largest']['top1']:.4f}, smallest {ends['smallest']['top1']:.4f} -> {out}")
+    tops = ", ".join(f"{name} {row['top1']:.4f}" for name, row in ends.items())
+    console().print(f"{'SortedNet' if sorted_levels else 'supernet'} trained {result.epochs_completed} epoch(s); "
+                    f"val top-1 (BN recalibrated): {tops} -> {out}")
 
 
 @app.command("run")
@@ -83,6 +87,8 @@ def run(
     confirm: int = typer.Option(3, "--confirm", min=1, help="Top candidates measured to confirm the winner"),
     val_samples: Optional[int] = typer.Option(1000, "--val-samples", min=1, help="Validation images per child"),
     threads: Optional[int] = THREADS_OPT,
+    workers: int = typer.Option(1, "--workers", min=1, help="Evaluate each generation's new children as N parallel "
+                                "Ray tasks (needs slimkit[search-ray]; 1: here, without Ray)"),
 ) -> None:
     """Evolve children against the latency table, confirm the winners by measuring, extract them as model dirs."""
     args = {k: str(v) if isinstance(v, Path) else v for k, v in dict(locals()).items()}
@@ -91,8 +97,11 @@ def run(
     from slimkit.search.table import LatencyTable
     from slimkit.search.train import load_supernet
 
+    from slimkit.search.parallel import require_ray
+
     target = parse_latency(latency)
     REWARDS.get(reward)
+    require_ray(workers)
     tab = LatencyTable.load(table or run_dir / "latency_table.json")
     net, _ = load_supernet(run_dir)
     tab.check_space(net.space)
@@ -106,7 +115,7 @@ def run(
     out = out or run_dir / "search"
     result = run_search(run_dir, tab, bundle, target, out, reward=reward, w=w, pareto=pareto, confirm=confirm,
                         evolution=EvolutionConfig(population, generations, seed=seed), threads=n,
-                        val_samples=val_samples)
+                        val_samples=val_samples, workers=workers)
     save_resolved_args(out, "search run", args)
     for row in result["winners"]:
         console().print(f"top-1 {row['accuracy']:.4f}  predicted {row['predicted_ms']:.3f} ms  measured "

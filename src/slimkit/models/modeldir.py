@@ -242,11 +242,13 @@ def _rebuild(path: Path, info: ModelInfo, trust_code: bool) -> nn.Module:
     raise BadInputError(f"{path}: cannot rebuild a model of source {info.source!r}")
 
 
-def load_model_dir(path: str | Path, trust_code: bool = False, base: nn.Module | None = None) -> tuple[nn.Module, ModelInfo]:
+def load_model_dir(path: str | Path, trust_code: bool = False, base: nn.Module | None = None,
+                   budget: str | None = None) -> tuple[nn.Module, ModelInfo]:
     """Rebuild the exact model saved in directory `path`; returns a new model in eval mode.
 
     `base`: a model of the saved one's original architecture (changed in place and returned), for
-    directories whose model was built in memory (source "module") and so cannot be rebuilt by name."""
+    directories whose model was built in memory (source "module") and so cannot be rebuilt by name.
+    `budget` (e.g. "macs=0.5"): for a directory of nested sub-models (SortedNet), the largest one within it."""
     from safetensors import SafetensorError
 
     path = Path(path)
@@ -263,4 +265,18 @@ def load_model_dir(path: str | Path, trust_code: bool = False, base: nn.Module |
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise BadInputError(f"cannot load weights {weights}: {exc}") from exc
     base.eval()
-    return base, info
+    return (base, info) if budget is None else _at_budget(base, info, budget, path)
+
+
+def _at_budget(model: nn.Module, info: ModelInfo, budget: str, path: Path) -> tuple[nn.Module, ModelInfo]:
+    """The sub-model a budget picks, for models that hold several (they offer `at_budget(budget)`)."""
+    import dataclasses
+    import logging
+
+    pick = getattr(model, "at_budget", None)
+    if pick is None:
+        raise BadInputError(f"{path} holds one model; a budget needs nested sub-models (`slimkit search train --sorted`)")
+    child, chosen = pick(budget)
+    logging.getLogger(__name__).info("%s: budget %s chose level %d of %d", path, budget, chosen["level"],
+                                     chosen["levels"])
+    return child.eval(), dataclasses.replace(info, **chosen.get("info", {}))

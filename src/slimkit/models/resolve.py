@@ -187,17 +187,26 @@ def load_model(
     in_chans: int | None = None,
     pretrained: bool = False,
     trust_code: bool = False,
+    budget: str | None = None,
     **extra: Any,
 ) -> tuple[nn.Module, ModelInfo]:
-    """Build a new model from `spec`; returns (model in eval mode, ModelInfo)."""
+    """Build a new model from `spec`; returns (model in eval mode, ModelInfo).
+
+    `budget` (or a spec `DIR@BUDGET`, e.g. `run@macs=0.5`): from a model directory of nested sub-models
+    (SortedNet), the largest sub-model within the budget."""
     from slimkit.models.modeldir import is_model_dir, load_model_dir
 
     spec = str(spec).strip()
     if not spec:
         raise UnknownModelError("empty model name")
     kwargs = _model_kwargs(num_classes, in_chans, extra)
+    if not is_model_dir(spec) and "@" in spec and is_model_dir(spec.rsplit("@", 1)[0]):
+        spec, budget = spec.rsplit("@", 1)
     if is_model_dir(spec):
-        return load_model_dir(spec, trust_code=trust_code)
+        return load_model_dir(spec, trust_code=trust_code, budget=budget)
+    if budget is not None:
+        raise BadInputError(f"a budget ({budget}) chooses among the nested sub-models of a model directory; "
+                            f"{spec} is not one")
     match = _FILE_SPEC.match(spec)
     if match:
         model, info = _build_file(match["path"], match["factory"], kwargs)

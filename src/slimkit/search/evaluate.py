@@ -15,7 +15,7 @@ from slimkit.search.space import Arch
 from slimkit.search.supernet import Supernet
 from slimkit.search.train import resize_to
 
-__all__ = ["ChildEvaluator", "recalibrate_bn_", "save_child"]
+__all__ = ["ChildEvaluator", "recalibrate_bn_", "save_child", "train_alone"]
 
 
 @torch.no_grad()
@@ -76,6 +76,18 @@ class ChildEvaluator:
         if key not in self.cache:
             self.cache[key] = float(evaluate(_Resized(self.child(arch), arch.resolution), self.val)["top1"])
         return self.cache[key]
+
+
+def train_alone(space: Any, arch: Arch, data: Any, config: Any) -> float:
+    """Validation top-1 of a new ChildNet of `arch` trained from scratch with `config` (seeded by it)
+    through engine.fit, fed at its resolution by the same resize the supernet uses."""
+    from slimkit.engine.evaluate import evaluate
+    from slimkit.engine.fit import fit
+
+    torch.manual_seed(config.seed)
+    net = _Resized(ChildNet(child_spec(space, arch)), arch.resolution)
+    fit(net, data, config, progress=False)
+    return float(evaluate(net, data.val)["top1"])
 
 
 def save_child(child: ChildNet, info: Any, path: str | Path, extra: dict[str, Any]) -> Path:

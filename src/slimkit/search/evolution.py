@@ -84,8 +84,11 @@ def crossover(a: Arch, b: Arch, rng: random.Random) -> Arch:
 
 def evolve(space: SearchSpace, accuracy: Callable[[Arch], float], latency: Callable[[Arch], float], target_ms: float,
            *, reward: str = "mnasnet", w: float = -0.07, config: EvolutionConfig | None = None,
-           progress: Callable[[int, int], None] | None = None) -> list[Candidate]:
-    """Every candidate scored, best reward first (ties broken by the order they were found)."""
+           progress: Callable[[int, int], None] | None = None, workers: int = 1) -> list[Candidate]:
+    """Every candidate scored, best reward first (ties broken by the order they were found). The new
+    candidates of each generation are evaluated together: as `workers` parallel Ray tasks if >= 2."""
+    from slimkit.search.parallel import run_trials
+
     cfg = config or EvolutionConfig()
     if target_ms <= 0:
         raise BadInputError(f"latency target must be positive, got {target_ms} ms")
@@ -97,14 +100,14 @@ def evolve(space: SearchSpace, accuracy: Callable[[Arch], float], latency: Calla
     rng = random.Random(cfg.seed)
     seen: dict[str, Candidate] = {}
 
-    def score(arch: Arch, gen: int) -> Candidate:
-        key = arch.key()
-        if key not in seen:
-            acc, lat = accuracy(arch), latency(arch)
-            seen[key] = Candidate(arch, acc, lat, score_fn(acc, lat, target_ms, w), gen)
-        return seen[key]
+    def score(archs: list[Arch], gen: int) -> list[Candidate]:
+        new = list({a.key(): a for a in archs if a.key() not in seen}.values())
+        for arch, acc in zip(new, run_trials(accuracy, new, workers=workers)):
+            lat = latency(arch)
+            seen[arch.key()] = Candidate(arch, acc, lat, score_fn(acc, lat, target_ms, w), gen)
+        return [seen[a.key()] for a in archs]
 
-    population = [score(space.sample(rng), 0) for _ in range(cfg.population)]
+    population = score([space.sample(rng) for _ in range(cfg.population)], 0)
     for gen in range(1, cfg.generations + 1):
         if progress:
             progress(gen, cfg.generations)
@@ -113,7 +116,7 @@ def evolve(space: SearchSpace, accuracy: Callable[[Arch], float], latency: Calla
         kids = [crossover(rng.choice(parents).arch, rng.choice(parents).arch, rng) for _ in range(n_cross)]
         while len(kids) < cfg.population - len(parents):
             kids.append(mutate(space, rng.choice(parents).arch, rng, cfg.mutate_prob))
-        population = parents + [score(k, gen) for k in kids]
+        population = parents + score(kids, gen)
     return sorted(seen.values(), key=lambda c: -c.reward)
 
 

@@ -4,6 +4,9 @@ Each proxy scores a child at random initialisation from one batch (higher = pred
   synflow    sum |theta * dR/dtheta| with R the output sum of the all-ones input through |weights| (Tanaka et al.)
   grad_norm  the L2 norm of the cross-entropy gradient of all weights (Abdelfattah et al.)
   naswot     log|K| of the Hamming-similarity kernel of the ReLU codes over the batch (Mellor et al.)
+  zen        Zen-score: log of the pre-pooling output's response to a small input perturbation at
+             Gaussian init, plus the BatchNorm scales (Lin et al.; zen.py)
+  deepmad    DeepMAD-style entropy of the final feature map from the structure alone (Shen et al.; deepmad.py)
   macs, params: the honest baselines (bigger nets do better), which zero-cost papers often fail to beat.
 `rank_correlation` reports each one's Kendall tau against measured accuracies.
 """
@@ -21,7 +24,9 @@ from slimkit.utils.registry import Registry
 __all__ = ["PROXIES", "score", "rank_correlation"]
 
 Proxy = Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
-PROXIES: Registry[Proxy] = Registry("zero-cost proxy")
+# zen and deepmad live in their own files, imported on first use
+PROXIES: Registry[Proxy] = Registry("zero-cost proxy", modules={"zen": "slimkit.search.zen",
+                                                                "deepmad": "slimkit.search.deepmad"})
 
 
 @PROXIES.register("synflow")

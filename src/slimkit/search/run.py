@@ -38,7 +38,8 @@ def _confirm(table: LatencyTable, chosen: list[Candidate], threads: int, target:
 def run_search(run_dir: str | Path, table: LatencyTable, data: Any, target_ms: float, out: str | Path, *,
                reward: str = "mnasnet", w: float = -0.07, pareto: bool = False, confirm: int = 3,
                evolution: EvolutionConfig | None = None, threads: int | None = None, val_samples: int | None = None,
-               calib_batches: int = 8, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+               calib_batches: int = 8, progress: Callable[[int, int], None] | None = None,
+               workers: int = 1) -> dict[str, Any]:
     """Search the supernet in `run_dir` (unchanged); writes OUT/search.json and OUT/child_*/ model dirs."""
     from slimkit.utils.io import atomic_write_json
 
@@ -50,7 +51,7 @@ def run_search(run_dir: str | Path, table: LatencyTable, data: Any, target_ms: f
     cfg = evolution or EvolutionConfig()
     evaluator = ChildEvaluator(net, data, calib_batches=calib_batches, val_samples=val_samples, seed=cfg.seed)
     found = evolve(net.space, evaluator.accuracy, table.predict_ms, target_ms, reward=reward, w=w, config=cfg,
-                   progress=progress)
+                   progress=progress, workers=workers)
     front = pareto_front(found)
     chosen = front if pareto else found[: max(1, confirm)]
     confirmed = _confirm(table, chosen, threads, target_ms, reward, w)
@@ -66,7 +67,7 @@ def run_search(run_dir: str | Path, table: LatencyTable, data: Any, target_ms: f
         if pareto is False:
             break
     result = {"target_ms": target_ms, "reward": reward, "w": w, "pareto": pareto, "evolution": cfg.to_dict(),
-              "threads": threads, "table_conditions": table.conditions, "condition_mismatches": mismatches,
+              "threads": threads, "workers": workers, "table_conditions": table.conditions, "condition_mismatches": mismatches,
               "evaluated": len(found), "val_samples": len(evaluator.val),
               "winners": confirmed if pareto else confirmed[:1], "confirmed": confirmed,
               "front": [c.to_dict() for c in front], "candidates": [c.to_dict() for c in found]}

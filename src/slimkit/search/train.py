@@ -10,6 +10,7 @@ Children are sampled from a generator seeded by the global step, so a resumed ru
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -97,11 +98,13 @@ SPACE_FILE = "space.yaml"
 
 def train_supernet(space: SearchSpace, data: Any, config: Any, out_dir: Any, *, sandwich: SandwichConfig | None = None,
                    resume: bool = False, overwrite: bool = False, progress: bool = True,
-                   hooks: tuple[Hook, ...] = ()) -> Any:
+                   hooks: tuple[Hook, ...] = (), sorted_levels: int | None = None) -> Any:
     """Train a new supernet of `space` on `data` (a DataBundle at the space's largest resolution) via fit().
 
     `out_dir` ends holding space.yaml, the supernet as a model directory (load it with load_supernet),
-    fit's checkpoint/log/metrics, and sandwich.json. Returns fit's FitResult."""
+    fit's checkpoint/log/metrics, and sandwich.json. Returns fit's FitResult. With `sorted_levels`, a
+    SortedNet of that many nested levels instead (sandwich.n_random levels sampled per step), saved as
+    `timm:slimkit_sorted_net`: load_model(out_dir, budget=...) picks a level."""
     from pathlib import Path
 
     from slimkit.engine.fit import fit
@@ -114,16 +117,34 @@ def train_supernet(space: SearchSpace, data: Any, config: Any, out_dir: Any, *, 
         stored = SearchSpace.from_dict(_read_yaml(out / SPACE_FILE), str(out / SPACE_FILE))
         if stored.model_dump() != space.model_dump():
             raise BadInputError(f"cannot resume {out}: its {SPACE_FILE} is a different space ({stored.name})")
+        before = json.loads((out / "sandwich.json").read_text()).get("sorted_levels") if (out / "sandwich.json").is_file() else None
+        if before != sorted_levels:
+            raise BadInputError(f"cannot resume {out}: it was trained with sorted levels {before}, not {sorted_levels}")
     torch.manual_seed(config.seed)  # the initial weights follow the seed like everything else in the run
-    net = Supernet(space)
-    hook = SandwichHook(net, sandwich)
+    net, hook, info = _net_and_hook(space, sandwich, sorted_levels)
     from slimkit.engine.outputs import prepare_out_dir
 
     prepare_out_dir(out, resume=resume, overwrite=overwrite)
     atomic_write_text(out / SPACE_FILE, space.to_yaml())
-    atomic_write_json(out / "sandwich.json", sandwich.to_dict())
+    atomic_write_json(out / "sandwich.json", {**sandwich.to_dict(), "sorted_levels": sorted_levels})
     return fit(net, data, config, hooks=[hook, *hooks], out_dir=out, resume=resume, overwrite=overwrite, progress=progress,
-               extra_metrics={"search": {"space": space.name, "sandwich": sandwich.to_dict()}})
+               info=info, extra_metrics={"search": {"space": space.name, "sandwich": sandwich.to_dict(),
+                                                    "sorted_levels": sorted_levels}})
+
+
+def _net_and_hook(space: SearchSpace, sandwich: SandwichConfig, sorted_levels: int | None) -> tuple[Any, Hook, Any]:
+    """The supernet (or SortedNet), its training hook, and the ModelInfo its model directory records."""
+    if sorted_levels is None:
+        net = Supernet(space)
+        return net, SandwichHook(net, sandwich), None
+    from slimkit.models.resolve import ModelInfo
+    from slimkit.search.sorted import SortedHook, SortedNet, ladder
+
+    levels = ladder(space, sorted_levels)
+    net = SortedNet(space, levels)
+    info = ModelInfo("timm", "slimkit_sorted_net", {"space": space.model_dump(), "levels": [a.model_dump() for a in levels]},
+                     input_size=net.input_size, num_classes=space.num_classes)
+    return net, SortedHook(net, max(1, sandwich.n_random), sandwich.seed), info
 
 
 def _read_yaml(path: Any) -> Any:
@@ -143,5 +164,9 @@ def load_supernet(run_dir: Any) -> tuple[Supernet, Any]:
     if not (run_dir / SPACE_FILE).is_file() or not is_model_dir(run_dir):
         raise BadInputError(f"{run_dir} is not a finished `slimkit search train` run (no {SPACE_FILE} or model)")
     space = SearchSpace.from_dict(_read_yaml(run_dir / SPACE_FILE), str(run_dir / SPACE_FILE))
+    from slimkit.models.modeldir import read_architecture
+
+    if read_architecture(run_dir)["model"].get("name") == "slimkit_sorted_net":  # rebuilt by name: a SortedNet
+        return load_model_dir(run_dir)
     net, info = load_model_dir(run_dir, base=Supernet(space))
     return net, info

@@ -14,3 +14,4 @@ for _info in pkgutil.iter_modules(__path__):
 
 # Searched children (`slimkit search run`) are rebuilt by name like the zoo's models.
 importlib.import_module("slimkit.search.child")
+importlib.import_module("slimkit.search.sorted")  # SortedNet run directories, loaded by name too

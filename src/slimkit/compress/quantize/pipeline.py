@@ -29,6 +29,8 @@ from slimkit.utils.io import atomic_dir, atomic_write_json
 
 __all__ = ["quantize_ptq", "has_depthwise"]
 
+EQUALIZED_ATOL_FACTOR = 10.0  # fp32 export tolerance of a cross-layer-equalized source, times export_atol
+
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
@@ -78,8 +80,12 @@ class _Sources:
             self.notes["bias_correction"] = {"layers": rep.layers, "per_channel": per_channel,
                                              "method": "empirical (weight rounding mean shift on calibration images)"}
         tag = "pc" if per_channel else "pt"
-        export_onnx(net, self.input_size, self.work / f"src-{tag}.onnx", check_inputs=self.check_inputs,
-                    atol=self.export_atol)
+        # Equalization moves magnitude between layers, so intermediates (and their fp32 rounding) grow where the
+        # output does not: mobilenet_v2 at 224 measured 1.08e-4 of its output scale on an AVX-512 machine, over
+        # the 1e-4 that fits unequalized models. A broken export errs by O(1); the int8 model built from this
+        # source is then checked exactly against integer arithmetic.
+        atol = self.export_atol * (EQUALIZED_ATOL_FACTOR if self.equalize else 1.0)
+        export_onnx(net, self.input_size, self.work / f"src-{tag}.onnx", check_inputs=self.check_inputs, atol=atol)
         return prepare_fp32(self.work / f"src-{tag}.onnx", self.work / f"pre-{tag}.onnx")
 
 
