@@ -35,26 +35,24 @@ class GroupNormPruner(function.GroupNormPruner):
     prune_in_channels = prune_out_channels
 
 
-class ConcatPruner(ops.ConcatPruner):
-    """Torch-Pruning's concat bookkeeping, skipped when some input width is unknown."""
+def _skipping_unknown_sizes(base: type, sizes: str) -> type:
+    """`base` (Torch-Pruning's concat or split pruner), doing nothing when a piece width is None."""
 
-    def prune_out_channels(self, layer, idxs):
-        if layer.concat_sizes is not None and any(size is None for size in layer.concat_sizes):
-            return None
-        return super().prune_out_channels(layer, idxs)
+    class Pruner(base):
+        def prune_out_channels(self, layer, idxs):
+            known = getattr(layer, sizes)
+            if known is not None and any(size is None for size in known):
+                return None
+            return super().prune_out_channels(layer, idxs)
 
-    prune_in_channels = prune_out_channels
+        prune_in_channels = prune_out_channels
+
+    Pruner.__name__ = Pruner.__qualname__ = base.__name__
+    return Pruner
 
 
-class SplitPruner(ops.SplitPruner):
-    """Torch-Pruning's split bookkeeping, skipped when some piece's width is unknown."""
-
-    def prune_out_channels(self, layer, idxs):
-        if layer.split_sizes is not None and any(size is None for size in layer.split_sizes):
-            return None
-        return super().prune_out_channels(layer, idxs)
-
-    prune_in_channels = prune_out_channels
+ConcatPruner = _skipping_unknown_sizes(ops.ConcatPruner, "concat_sizes")
+SplitPruner = _skipping_unknown_sizes(ops.SplitPruner, "split_sizes")
 
 
 _REPLACED = {ops.OPTYPE.GN: GroupNormPruner(), ops.OPTYPE.CONCAT: ConcatPruner(), ops.OPTYPE.SPLIT: SplitPruner()}
