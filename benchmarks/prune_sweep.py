@@ -43,7 +43,6 @@ SMALL_NAMES = ("atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "small", "m
 def smallest_variant(family: str) -> tuple[str | None, float | None]:
     """The model of timm module `family` with the fewest parameters (built on the meta device)."""
     import timm
-    import torch
 
     names = [n for n in timm.list_models(module=family) if not n.startswith("test_")]  # test_* are toy nets
     # Large modules (vision_transformer: hundreds of variants) take too long to build whole: when some
@@ -51,15 +50,21 @@ def smallest_variant(family: str) -> tuple[str | None, float | None]:
     small = [n for n in names if any(token in n for token in SMALL_NAMES)]
     best: tuple[str | None, float | None] = (None, None)
     for name in small or names:
-        try:
-            with torch.device("meta"):
-                model = timm.create_model(name, num_classes=10)
-        except Exception:  # a variant that cannot be built on meta is not a candidate
-            continue
-        params = sum(p.numel() for p in model.parameters())
-        if best[1] is None or params < best[1]:
+        params = _meta_params(name)  # None: not buildable on meta, not a candidate
+        if params is not None and (best[1] is None or params < best[1]):
             best = (name, params)
     return best
+
+
+def _meta_params(name: str) -> int | None:
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())
+    except Exception:  # not buildable on meta: the count is only informative
+        return None
 
 
 def pick_input(name: str) -> tuple[int, dict[str, Any], int] | None:
@@ -85,10 +90,11 @@ def pick_input(name: str) -> tuple[int, dict[str, Any], int] | None:
     return first
 
 
-def run_family(family: str) -> dict[str, Any]:
-    """The sweep row of one family (runs in a child interpreter)."""
+def run_family(family: str, model: str | None = None) -> dict[str, Any]:
+    """The sweep row of one family (runs in a child interpreter); `model`: its smallest variant as a
+    stored row found it (sizing a large family on the meta device takes a minute)."""
     start = time.perf_counter()
-    name, params = smallest_variant(family)
+    name, params = smallest_variant(family) if model is None else (model, _meta_params(model))
     row: dict[str, Any] = {"family": family, "model": name, "params": params}
     if name is None:
         return {**row, "outcome": "no_input", "reason": "no variant builds"}
@@ -116,7 +122,9 @@ def prune_and_check(name: str, side: int, kwargs: dict[str, Any]) -> dict[str, A
     info.input_size = (3, side, side)
     x = torch.randn(2, 3, side, side)
     macs, params = count_macs(model, x[:1]).total, sum(p.numel() for p in model.parameters())
-    row: dict[str, Any] = {"macs_before": int(macs)}
+    with torch.no_grad():  # the shape to keep: (2, 10) for a classifier, features for an encoder (gemma4_vit)
+        out_shape = tuple(model.eval()(x).shape)
+    row: dict[str, Any] = {"macs_before": int(macs), "output_shape": list(out_shape)}
     start = time.perf_counter()
     try:
         result = prune_(model, PruneConfig(target="macs=0.5"), x[:1])
@@ -129,14 +137,14 @@ def prune_and_check(name: str, side: int, kwargs: dict[str, Any]) -> dict[str, A
                params_ratio=round(sum(p.numel() for p in model.parameters()) / params, 4),
                protected=result.protected, notes=result.notes, trials=len(result.trials))
     row["on_target"] = abs(row["macs_ratio"] - 0.5) <= 0.05
-    row.update(checks(model, info, x))
+    row.update(checks(model, info, x, out_shape))
     failed = [k for k in ("on_target", "forward_ok", "onnx_ok", "reload_exact") if not row.get(k)]
     row["outcome"] = "fail" if failed else "pass"
     row["reason"] = ", ".join(f"not {k}" for k in failed) + (f" ({row['onnx_error']})" if row.get("onnx_error") else "")
     return row
 
 
-def checks(model, info, x) -> dict[str, Any]:
+def checks(model, info, x, out_shape: tuple[int, ...]) -> dict[str, Any]:
     import torch
 
     from slimkit.deploy.onnx_export import export_onnx
@@ -145,7 +153,7 @@ def checks(model, info, x) -> dict[str, Any]:
     found: dict[str, Any] = {}
     with torch.no_grad():
         out = model.eval()(x)
-    found["forward_ok"] = tuple(out.shape) == (2, 10)
+    found["forward_ok"] = tuple(out.shape) == out_shape
     with tempfile.TemporaryDirectory() as tmp:
         try:
             report = export_onnx(model, tuple(x.shape[1:]), Path(tmp) / "model.onnx")
@@ -159,7 +167,7 @@ def checks(model, info, x) -> dict[str, Any]:
     return found
 
 
-def _child(family: str, out: Path) -> None:
+def _child(family: str, out: Path, model: str | None) -> None:
     import warnings
 
     import torch
@@ -169,21 +177,22 @@ def _child(family: str, out: Path) -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     try:
-        row = run_family(family)
+        row = run_family(family, model)
     except Exception as exc:  # anything escaping prune_ or the checks is a crash: recorded with its type
         row = {"family": family, "outcome": "crash", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
     atomic_write_json(out, row)
 
 
-def run_in_child(family: str, timeout: float) -> dict[str, Any]:
+def run_in_child(family: str, timeout: float, model: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         start = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, __file__, "--child", family, str(out)], timeout=timeout,
-                                  capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, __file__, "--child", family, str(out), *([model] if model else [])],
+                                  timeout=timeout, capture_output=True, text=True)
         except subprocess.TimeoutExpired:
-            return {"family": family, "outcome": "timeout", "reason": f"over {timeout:.0f} s", "seconds": timeout}
+            return {"family": family, "model": model, "outcome": "timeout", "reason": f"over {timeout:.0f} s",
+                    "seconds": timeout}
         if not out.exists():
             tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
             return {"family": family, "outcome": "crash", "reason": tail[0][:300],
@@ -222,10 +231,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per family")
     parser.add_argument("--reverse", action="store_true", help="walk the families from the end (a second process)")
     parser.add_argument("--table", action="store_true", help="print the docs table of the stored results and stop")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child[0], Path(args.child[1]))
+        _child(args.child[0], Path(args.child[1]), args.child[2] if len(args.child) > 2 else None)
         return
     if args.table:
         print_table(list(load_rows().values()))
@@ -242,7 +251,8 @@ def main() -> None:
         if done is not None and done["outcome"] == "running" and _alive(done.get("pid")) and not args.only:
             continue
         _store({"family": family, "outcome": "running", "pid": os.getpid()})
-        r = run_in_child(family, args.timeout)
+        stored = (done or {}).get("model")  # rows from before test_* toy nets were skipped are sized again
+        r = run_in_child(family, args.timeout, stored if stored and not stored.startswith("test_") else None)
         print(f"{family}: {r['outcome']} {r.get('model', '')} {r.get('macs_ratio', '')} {r.get('reason', '')[:160]}", flush=True)
         _store(r)
     print(json.dumps(summary(list(load_rows().values()))))

@@ -5,7 +5,9 @@ A pruned model no longer matches the shapes its constructor builds, so a plain
 class and simple attributes (channel counts, groups, num_heads, ...) and, for
 every state tensor, its shape. Loading rebuilds the original model from its
 source, then patches attributes, swaps modules whose class changed and resizes
-tensors before loading the weights strictly.
+tensors before loading the weights strictly. Non-persistent buffers (derived tensors such as
+BlurPool2d's filter, not saved) are recorded by shape; one whose shape changed is rebuilt at the
+new shape by its module's `init_non_persistent_buffers()` (timm's convention).
 """
 
 from __future__ import annotations
@@ -70,7 +72,18 @@ def describe_architecture(model: nn.Module) -> dict[str, Any]:
         name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "param": isinstance(t, nn.Parameter)}
         for name, t in persistent.items()
     }
-    return {"modules": modules, "tensors": tensors}
+    buffers = {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+               for name, t in _non_persistent_buffers(model).items()}
+    return {"modules": modules, "tensors": tensors, "buffers": buffers}
+
+
+def _non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    found = {}
+    for prefix, m in model.named_modules():
+        for name in m._non_persistent_buffers_set:
+            if m._buffers.get(name) is not None:
+                found[f"{prefix}.{name}" if prefix else name] = m._buffers[name]
+    return found
 
 
 def save_model_dir(model: nn.Module, info: ModelInfo, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -161,6 +174,27 @@ def _patch_tensors(model: nn.Module, tensors: dict[str, dict[str, Any]]) -> None
             owner._buffers[attr] = blank
 
 
+def _rebuild_buffers(model: nn.Module, buffers: dict[str, dict[str, Any]]) -> None:
+    """Give each non-persistent buffer whose shape changed its recorded shape, then let its module
+    recompute the values (they are derived, so not saved)."""
+    current = _non_persistent_buffers(model)
+    owners: dict[str, nn.Module] = {}
+    for name, rec in buffers.items():
+        old = current.get(name)
+        if old is not None and list(old.shape) == rec["shape"]:
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        owner._buffers[attr] = torch.empty(rec["shape"], dtype=getattr(torch, rec["dtype"]))
+        owners[owner_name] = owner
+    for owner_name, owner in owners.items():
+        init = getattr(owner, "init_non_persistent_buffers", None)
+        if not callable(init):
+            raise BadInputError(f"cannot rebuild the changed non-persistent buffers of {owner_name or 'the model'} "
+                                f"({type(owner).__name__} has no init_non_persistent_buffers)")
+        init()
+
+
 def _load_weights(model: nn.Module, weights: Path) -> None:
     """Load safetensors weights strictly, keeping the state-dict version metadata modules check.
 
@@ -231,6 +265,7 @@ def load_model_dir(path: str | Path, trust_code: bool = False, base: nn.Module |
         base = rebuild_model(info, trust_code, path)
     _patch_modules(base, arch["modules"])
     _patch_tensors(base, arch["tensors"])
+    _rebuild_buffers(base, arch.get("buffers", {}))
     weights = path / WEIGHTS_FILE
     try:
         _load_weights(base, weights)

@@ -16,6 +16,10 @@ the forward works and a model directory (architecture.json) records the true sha
 - leaf modules that reshape a per-channel parameter with a stored shape (timm `Scale` in MetaFormer:
   `x * self.scale.view(self.shape)`, shape = (dim, 1, 1)): the stored length is rewritten from the
   pruned parameter.
+- fixed depthwise filters (timm BlurPool2d, anti-aliased downsampling: `conv2d(x, filt, groups=channels)`
+  with a (channels, 1, k, k) buffer that is the same for every channel): channel-preserving, so the
+  graph passes channels through; afterwards the stored count and the buffer follow the width the
+  module receives (read in one forward).
 - caches of derived tensors (`attention_bias_cache`) are cleared, since they hold stale shapes
   and block deep copies.
 """
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-__all__ = ["ModelAdapters", "analyse_model", "classifier_layers", "clear_caches", "fix_attributes"]
+__all__ = ["ModelAdapters", "analyse_model", "classifier_layers", "clear_caches", "fix_attributes", "resize_fixed_filters"]
 
 
 @dataclass
@@ -39,6 +43,7 @@ class ModelAdapters:
     split_owners: list[nn.Module] = field(default_factory=list)  # modules whose stored split sizes we fix
     protected: list[nn.Module] = field(default_factory=list)  # modules kept at full width inside
     views: list[tuple[nn.Module, str, int, str]] = field(default_factory=list)  # (module, attr, position, param)
+    filters: list[tuple[nn.Module, str, str]] = field(default_factory=list)  # (module, count attr, buffer)
     notes: list[str] = field(default_factory=list)
 
 
@@ -109,7 +114,53 @@ def analyse_model(model: nn.Module) -> ModelAdapters:
             found.notes.append(f"{name} ({type(m).__name__}) kept at full width inside: attention internals not mappable")
         else:
             found.views.extend((m, *view) for view in stored_views(m))
+            found.filters.extend((m, *f) for f in fixed_depthwise_filters(m))
     return found
+
+
+def fixed_depthwise_filters(m: nn.Module) -> list[tuple[str, str]]:
+    """(count attribute, buffer) of a parameter-free leaf module holding a (C, 1, ...) buffer whose
+    rows are all equal and an int attribute equal to C: one fixed filter applied per channel
+    (BlurPool2d's `channels` and `filt`). Equal rows make the pruned buffer independent of which
+    channels were removed; a buffer with distinct rows is left alone (its forward then breaks, the
+    module is named and protected)."""
+    if next(m.children(), None) is not None or next(m.parameters(recurse=False), None) is not None:
+        return []
+    found = []
+    for bname, buf in m._buffers.items():
+        if buf is None or buf.dim() < 3 or buf.shape[0] < 2 or buf.shape[1] != 1 or buf.is_meta:
+            continue
+        if not torch.equal(buf, buf[:1].expand_as(buf)):
+            continue
+        attrs = [a for a, v in vars(m).items() if not a.startswith("_") and type(v) is int and v == buf.shape[0]]
+        if len(attrs) == 1:
+            found.append((attrs[0], bname))
+    return found
+
+
+def resize_fixed_filters(model: nn.Module, example_inputs: torch.Tensor, adapters: ModelAdapters) -> None:
+    """Shrink each fixed depthwise filter (and its stored count) to the channels it now receives,
+    read from one forward of the pruned `model`."""
+    if not adapters.filters:
+        return
+
+    def resize(attr: str, bname: str):
+        def hook(m: nn.Module, inputs) -> None:
+            width = inputs[0].shape[1]
+            if width < getattr(m, attr):
+                m._buffers[bname] = m._buffers[bname][:width].clone()
+                setattr(m, attr, width)
+        return hook
+
+    handles = [m.register_forward_pre_hook(resize(attr, bname)) for m, attr, bname in adapters.filters]
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    except Exception:  # noqa: BLE001  a forward broken elsewhere: the pruned-model check runs it again and names the module
+        pass
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def classifier_layers(model: nn.Module, num_outputs: int) -> list[nn.Module]:

@@ -57,12 +57,14 @@ class _Broken(Exception):
         self.names = names
 
 
-def _same_code(model: nn.Module, bad: nn.Module) -> list[str]:
+def _same_code(model: nn.Module, bad: nn.Module, protected: list[str]) -> list[str]:
     """The failing module, and every module of its class when that class holds only torch.nn layers
-    (the same forward code will break the same way everywhere)."""
+    (the same forward code will break the same way everywhere), or when a module of that class broke
+    before (MViTv2: one attention per repair ran out of repairs with a block left)."""
     names = {m: n for n, m in model.named_modules()}
     leafy = all(type(m).__module__.startswith("torch.nn") for m in bad.modules() if m is not bad)
-    same = [names[m] for m in model.modules() if type(m) is type(bad)] if leafy else []
+    again = any(type(m) is type(bad) for n, m in model.named_modules() if n in protected)
+    same = [names[m] for m in model.modules() if type(m) is type(bad)] if leafy or again else []
     return [names[bad]] + [n for n in same if n != names[bad]]
 
 
@@ -127,7 +129,7 @@ def _prune(model, config, example_inputs, calib, data, progress, allocator) -> P
         with operation("running the pruned model"):
             bad, message = locate_failure(pruned, x)
         if bad is not None:
-            raise _Broken(_same_code(pruned, bad), message)
+            raise _Broken(_same_code(pruned, bad, protected), message)
         with operation("running the pruned model"), torch.no_grad():
             shape = tuple(pruned(x).shape)
         clear_caches(pruned)
@@ -145,7 +147,8 @@ def _prune(model, config, example_inputs, calib, data, progress, allocator) -> P
         except _Broken as broken:
             names = [n for n in broken.names if n not in protected]
             if not names:
-                raise BadInputError(f"pruning breaks the forward of {broken.names[0]} ({broken}); cannot repair") from broken
+                where = broken.names[0] or f"the model itself ({type(model).__name__}, its own forward)"
+                raise BadInputError(f"pruning breaks the forward of {where} ({broken}); cannot repair") from broken
             log.info("forward broke in %s (%s); protecting %s", broken.names[0], broken, ", ".join(names))
             protected.extend(names)
     else:

@@ -5,6 +5,9 @@ for the search's trial copies and for the final cut alike:
 
 - GroupNorm without bias (`nn.GroupNorm(..., bias=False)`, timm `GroupNorm1` in PoolFormer-v2 and
   other MetaFormers): Torch-Pruning prunes `bias` unconditionally and fails on None.
+- concat / split whose input (piece) widths Torch-Pruning could not infer (a None among its `concat_sizes`; EVA's
+  DINOv3 rotary attention): its pruner only keeps those sizes for later index mapping, and added
+  None to an int; the bookkeeping is skipped, as Torch-Pruning does when no size is known at all.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 from torch_pruning.pruner import function
 
-__all__ = ["dependency_graph", "GroupNormPruner"]
+__all__ = ["dependency_graph", "GroupNormPruner", "ConcatPruner", "SplitPruner"]
 
 
 class GroupNormPruner(function.GroupNormPruner):
@@ -32,7 +35,27 @@ class GroupNormPruner(function.GroupNormPruner):
     prune_in_channels = prune_out_channels
 
 
-_REPLACED = {ops.OPTYPE.GN: GroupNormPruner()}
+def _skipping_unknown_sizes(base: type, sizes: str) -> type:
+    """`base` (Torch-Pruning's concat or split pruner), doing nothing when a piece width is None."""
+
+    class Pruner(base):
+        def prune_out_channels(self, layer, idxs):
+            known = getattr(layer, sizes)
+            if known is not None and any(size is None for size in known):
+                return None
+            return super().prune_out_channels(layer, idxs)
+
+        prune_in_channels = prune_out_channels
+
+    Pruner.__name__ = Pruner.__qualname__ = base.__name__
+    return Pruner
+
+
+ConcatPruner = _skipping_unknown_sizes(ops.ConcatPruner, "concat_sizes")
+SplitPruner = _skipping_unknown_sizes(ops.SplitPruner, "split_sizes")
+
+
+_REPLACED = {ops.OPTYPE.GN: GroupNormPruner(), ops.OPTYPE.CONCAT: ConcatPruner(), ops.OPTYPE.SPLIT: SplitPruner()}
 
 
 def dependency_graph(model: torch.nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
@@ -42,4 +65,14 @@ def dependency_graph(model: torch.nn.Module, example_inputs: torch.Tensor) -> tp
     pruners = [p for p in list(dg.REGISTERED_PRUNERS.values()) + list(dg.CUSTOMIZED_PRUNERS.values()) if p is not None]
     dg._in_channel_pruning_fn = {p.prune_in_channels for p in pruners}  # Torch-Pruning's own handler caches
     dg._out_channel_pruning_fn = {p.prune_out_channels for p in pruners}
-    return dg.build_dependency(model, example_inputs=example_inputs, verbose=False)
+    # forward_fn: left to itself, Torch-Pruning first tries model(*example_inputs), which unpacks a batch of
+    # one into an unbatched sample; convs accept it, so the graph (and the shapes recorded alongside) lost the batch axis
+    return dg.build_dependency(model, example_inputs=example_inputs, forward_fn=_forward, verbose=False)
+
+
+def _forward(model: torch.nn.Module, example_inputs):
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)

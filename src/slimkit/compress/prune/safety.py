@@ -27,9 +27,10 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["OpRecord", "ShapeRecorder", "unsafe_nodes", "locate_failure", "tolerant_index_mapping", "unsupported_convs"]
+from slimkit.compress.prune.axes import PERMUTES as _PERMUTES
+from slimkit.compress.prune.axes import permute_verdict, reduces_channels
 
-_PERMUTES = ("permute", "transpose", "movedim", "swapaxes", "swapdims", "mT", "t")
+__all__ = ["OpRecord", "ShapeRecorder", "unsafe_nodes", "locate_failure", "tolerant_index_mapping", "unsupported_convs"]
 
 
 @dataclass
@@ -213,8 +214,11 @@ def channel_preserved(rec: OpRecord, channels: int | None) -> bool:
     return False
 
 
-def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module]) -> list[Any]:
-    """Op nodes of `graph` whose channel mapping Torch-Pruning would get wrong."""
+def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module], sinks: list | None = None) -> list[Any]:
+    """Op nodes of `graph` whose channel mapping Torch-Pruning would get wrong. Reductions over the
+    channel axis (RMSNorm's mean of squares, CBAM-style mean/max gates) go to `sinks` instead: no
+    channel flows through them, but the channels before them stay prunable (the statistic is then
+    taken over the kept channels, as LayerNorm's is)."""
     from torch_pruning import ops
     from torch_pruning.dependency import shape_infer
 
@@ -241,7 +245,9 @@ def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module]) ->
             if dim is None or not axes or dim % max(len(rec.in_shape), 1) in axes[:1]:
                 bad.append(module)
             continue
-        if not channel_preserved(rec, channels) or _moves_channels_off_layer_axis(node, rec, channels):
+        if sinks is not None and reduces_channels(rec, channels):
+            sinks.append(module)
+        elif not channel_preserved(rec, channels) or _moves_channels_off_layer_axis(node, rec, channels, records):
             bad.append(module)
     return bad
 
@@ -257,13 +263,16 @@ def _inferred_channels(graph, node, shape_infer) -> int | None:
         return None
 
 
-def _moves_channels_off_layer_axis(node, rec: OpRecord, channels: int | None) -> bool:
+def _moves_channels_off_layer_axis(node, rec: OpRecord, channels: int | None, records: dict) -> bool:
     """A transpose that makes a layer read another axis than the channels (ResMLP / MLP-Mixer token
     mixing: (B, N, C) -> (B, C, N) -> Linear(N, N)): Torch-Pruning passes channel indices through
     any permute, and would hand C-channel indices to that Linear. Linears read the last axis, convs
     axis 1, of the tensor they consume; a Linear producer wrote its features on the last axis."""
     if rec.func not in _PERMUTES or len(rec.out_shape) < 3:
         return False
+    verdict = permute_verdict(node, rec, channels, records)  # the axis followed to the layers, when it can be
+    if verdict is not None:
+        return verdict
     consumers = _nearest_layers(node, "outputs")
     # channels-last to channels-first before a conv (SAM's neck): the conv reads what the Linear wrote
     to_conv = any(isinstance(m, nn.modules.conv._ConvNd) and rec.out_shape[1] == m.in_channels for m in consumers)

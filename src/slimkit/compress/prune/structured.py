@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from slimkit.compress.prune.adapters import ModelAdapters, analyse_model, clear_caches, fix_attributes
+from slimkit.compress.prune.adapters import ModelAdapters, analyse_model, clear_caches, fix_attributes, resize_fixed_filters
 from slimkit.compress.prune.errors import operation
 from slimkit.compress.prune.pruners import dependency_graph
 from slimkit.compress.prune.whole import frozen_reasons, group_reason
@@ -55,19 +55,34 @@ class Plan:
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
+def cut_graph(model: nn.Module, example_inputs: torch.Tensor, exempt: set[nn.Module]):
+    """(graph, op records, unsafe op nodes): the dependency graph with propagation stopped at unsafe
+    ops, ops whose index mapping failed, and channel reductions. Planning and the cut build the same
+    graph, so a group expands alike in both (EVA: a concat unmapped at planning crashed the cut)."""
+    with operation("building the dependency graph"), torch.enable_grad(), ShapeRecorder(model) as recorder, \
+            tolerant_index_mapping() as unmapped:
+        graph = dependency_graph(model, example_inputs)
+    sinks: list = []
+    unsafe = unsafe_nodes(graph, recorder.records, exempt, sinks) + sorted(unmapped, key=id)
+    for module in unsafe + sinks:
+        graph.module2node[module].dependencies = []  # propagation stops here
+    return graph, recorder.records, unsafe
+
+
+def _exempt(adapters: ModelAdapters) -> set[nn.Module]:
+    exempt: set[nn.Module] = set()
+    for owner in adapters.attention + adapters.split_owners:
+        exempt.update(owner.modules())
+    return exempt
+
+
 class _GroupScorer:
     """Torch-Pruning's dependency graph plus the bookkeeping its BasePruner does (channel groups of
     grouped convs and attention heads, attention roots), with unsafe ops cut *before* groups are
     expanded, so groups stop at them instead of exploding through a shuffle."""
 
     def __init__(self, model, example_inputs, importance, ignored_layers, num_heads, exempt) -> None:
-        with operation("building the dependency graph"), torch.enable_grad(), ShapeRecorder(model) as recorder, \
-                tolerant_index_mapping() as unmapped:
-            self.DG = dependency_graph(model, example_inputs)
-        self.records = recorder.records
-        self.unsafe = unsafe_nodes(self.DG, recorder.records, exempt) + sorted(unmapped, key=id)
-        for module in self.unsafe:
-            self.DG.module2node[module].dependencies = []  # propagation stops here
+        self.DG, self.records, self.unsafe = cut_graph(model, example_inputs, exempt)
         self.importance = importance
         self.num_heads = dict(num_heads)
         self.ignored = [m for layer in ignored_layers for m in layer.modules()]
@@ -129,10 +144,7 @@ def plan_groups(model, example_inputs, importance, classifier: list[nn.Module], 
                 adapters: ModelAdapters | None = None) -> Plan:
     """Score every prunable group of `model` (unchanged); frozen and unsafe groups are left out."""
     adapters = adapters or analyse_model(model)
-    exempt = set()
-    for owner in adapters.attention + adapters.split_owners:
-        exempt.update(owner.modules())
-    scorer = _GroupScorer(model, example_inputs, importance, classifier, adapters.num_heads, exempt)
+    scorer = _GroupScorer(model, example_inputs, importance, classifier, adapters.num_heads, _exempt(adapters))
     frozen = _frozen_objects(model, adapters, ignore)
     unsafe = scorer.unsafe
     frozen.update(id(m) for m in unsafe)
@@ -295,13 +307,13 @@ def _round_keep(g: GroupPlan, keep: float, round_to: int, max_layer_prune: float
 def apply_plan(model: nn.Module, example_inputs: torch.Tensor, plan: Plan, keeps: list[int]) -> nn.Module:
     """Prune `model` in place so group i keeps keeps[i] slots (highest scores survive)."""
     adapters = analyse_model(model)
-    with torch.enable_grad(), tolerant_index_mapping():
-        with operation("building the dependency graph"):
-            dg = dependency_graph(model, example_inputs)
-        with operation("pruning channel groups"):
-            _prune_groups(model, dg, plan, keeps)
+    dg = cut_graph(model, example_inputs, _exempt(adapters))[0]
+    with torch.enable_grad(), tolerant_index_mapping(), operation("pruning channel groups"):
+        _prune_groups(model, dg, plan, keeps)
     with operation("updating module attributes"):
         fix_attributes(model, adapters)
+    with operation("resizing fixed depthwise filters"):
+        resize_fixed_filters(model, example_inputs, adapters)
     return model
 
 
