@@ -151,11 +151,22 @@ def prepare(name: str, args) -> dict:
             data_rt = export_multi(model, SIZE, work / rt, [rt], check_x=calib_x[:4], int8=int8, latency=False)
             row["runtimes"][rt] = {"artifacts": data_rt["artifacts"], "convert_s": round(time.time() - t0, 1)}
         except Exception as exc:  # the cell records why it could not be produced
-            row["runtimes"][rt] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            row["runtimes"][rt] = {"error": _one_line(exc)}
+            if "int8" in str(exc) or "fake-quant" in str(exc):  # fp32 may still stand alone: keep its cell
+                try:
+                    data_rt = export_multi(model, SIZE, work / rt, [rt], check_x=calib_x[:4], latency=False)
+                    row["runtimes"][rt] = {"artifacts": data_rt["artifacts"], "int8_error": _one_line(exc),
+                                           "convert_s": round(time.time() - t0, 1)}
+                except Exception as exc2:
+                    row["runtimes"][rt] = {"error": _one_line(exc2)}
         print(f"  {name} {rt}: {'ok' if 'artifacts' in row['runtimes'][rt] else row['runtimes'][rt]['error']} "
               f"({time.time() - t0:.0f} s)", flush=True)
     row["prepare_s"] = round(time.time() - start, 1)
     return row
+
+
+def _one_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
 
 
 def time_model(name: str, row: dict, args) -> dict:

@@ -11,7 +11,7 @@ BEGIN, END = "<!-- deploy_bench:begin -->", "<!-- deploy_bench:end -->"
 
 def _cell(row: dict, rt: str, precision: str, threads: str) -> str:
     cell = row["runtimes"].get(rt, {})
-    if "error" in cell:
+    if "error" in cell or (precision == "int8" and "int8_error" in cell):
         return "n/a¹"
     entry = cell.get("artifacts", {}).get(f"{rt}:{precision}")
     lat = row.get("timing", {}).get("latency", {}).get(threads, {})
@@ -70,11 +70,12 @@ def table(results: dict) -> str:
     for name, row in results["models"].items():
         lines.append(f"| {name} | {row['pytorch_fp32_top1']:.1f} | {_parity(row, 'fp32')} | {_parity(row, 'int8')} | "
                      f"{_top1(row)} |")
-    errors = [(n, rt, cell["error"]) for n, row in results["models"].items() for rt, cell in row["runtimes"].items()
-              if "error" in cell]
+    errors = [(n, f"{TITLES[rt]}{' int8' if key == 'int8_error' else ''}", cell[key])
+              for n, row in results["models"].items() for rt, cell in row["runtimes"].items()
+              for key in ("error", "int8_error") if key in cell]
     lines.append("")
     if errors:
-        lines += ["¹ not produced:"] + [f"- {n} / {TITLES[rt]}: `{e}`" for n, rt, e in errors]
+        lines += ["¹ not produced:"] + [f"- {n} / {what}: `{e}`" for n, what, e in errors]
     for name, row in results["models"].items():
         t = row.get("timing")
         where = t.get("cpu", c) if t else c  # rows timed before the CPU was recorded per model ran where `c` says
