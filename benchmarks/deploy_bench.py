@@ -115,7 +115,7 @@ def build(name: str, data) -> nn.Module:
     return model
 
 
-def prepare(name: str, args) -> dict:
+def prepare(name: str, args, previous: dict | None = None) -> dict:
     from slimkit.compress.quantize.calib import QuantData
     from slimkit.compress.quantize.config import PTQConfig
     from slimkit.compress.quantize.pipeline import quantize_ptq
@@ -141,6 +141,10 @@ def prepare(name: str, args) -> dict:
     row["pytorch_fp32_top1"] = float((logits.argmax(1).numpy() == val_y).mean() * 100)
     chosen = [r for r in args.runtimes.split(",") if r]
     for rt in RUNTIMES:
+        kept = (previous or {}).get("runtimes", {}).get(rt, {})
+        if rt not in chosen and "not converted in this run" not in kept.get("error", "not converted in this run"):
+            row["runtimes"][rt] = kept  # converted by an earlier --runtimes run of the same (seeded) model
+            continue
         if rt not in chosen:
             row["runtimes"][rt] = {"error": f"not converted in this run (--runtimes {args.runtimes}): LiteRT and "
                                             "ExecuTorch conversion with int8 calibration takes 6-12 min per model "
@@ -223,7 +227,7 @@ def main() -> None:
     if args.phase == "prepare":
         for name in names:
             print(f"{name}: preparing", flush=True)
-            results["models"][name] = {**prepare(name, args), "prepared_on": cpu()}
+            results["models"][name] = {**prepare(name, args, results["models"].get(name)), "prepared_on": cpu()}
             results["conditions"] = {"input": "1x3x224x224", "batch": 1, "data": "fashion-mnist (upsampled, 3 channels)",
                                      "head_train": args.head_train, "calib": args.calib, "val": args.val,
                                      **cpu(), "versions": versions()}
