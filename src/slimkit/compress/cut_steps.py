@@ -71,7 +71,7 @@ def prune_step(ctx: RunContext, model: nn.Module, params: dict[str, Any], work: 
     target, derivation = _prune_target(ctx, params)
     config = PruneConfig(target=target, latency_threads=ctx.threads, seed=ctx.seed,
                          **{k: v for k, v in params.items() if k not in _NOT_PRUNE_CONFIG})
-    # A latency budget past what pruning can reach keeps the deepest cut: the report says the budget was missed
+    # A latency budget past what pruning can reach keeps the lightest cut at the floor: the report says the budget was missed
     # and the curve shows what each cut cost, where failing would throw away the baseline's training.
     config = dataclasses.replace(config, closest=True)
     calib = _calibration(ctx, config)
