@@ -142,7 +142,7 @@ def prepare(name: str, args, previous: dict | None = None) -> dict:
     chosen = [r for r in args.runtimes.split(",") if r]
     for rt in RUNTIMES:
         kept = (previous or {}).get("runtimes", {}).get(rt, {})
-        if rt not in chosen and "not converted in this run" not in kept.get("error", "not converted in this run"):
+        if rt not in chosen and kept and "not converted in this run" not in kept.get("error", ""):
             row["runtimes"][rt] = kept  # converted by an earlier --runtimes run of the same (seeded) model
             continue
         if rt not in chosen:
