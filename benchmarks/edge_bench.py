@@ -76,15 +76,21 @@ CASCADE_STEPS = [  # (output folder, slimkit arguments); each step is skipped wh
 ]
 
 
-def bench_cascade(work: Path) -> dict:
-    """Parent CNN trained on Fashion-MNIST, pruned to 10% of its MACs with KD, cascaded child -> parent."""
+def _run_steps(work: Path, steps) -> list[str]:
+    """Run each slimkit command of `steps` whose output folder is not there yet (a rerun resumes); their text."""
     commands = []
-    for folder, args in CASCADE_STEPS:
+    for folder, args in steps:
         command = [sys.executable, "-m", "slimkit.cli.main", *(a.format(work=work) for a in args),
                    "--out", str(work / folder)]
         commands.append(" ".join(command[3:]))
         if not (work / folder).exists():
             subprocess.run(command, cwd=ROOT, check=True)
+    return commands
+
+
+def bench_cascade(work: Path) -> dict:
+    """Parent CNN trained on Fashion-MNIST, pruned to 10% of its MACs with KD, cascaded child -> parent."""
+    commands = _run_steps(work, CASCADE_STEPS)
     report = json.loads((work / "cascade" / "report.json").read_text())
     report["choice"].pop("curve")
     return {"commands": commands, "choice": report["choice"], "measured": report["measured"],
@@ -160,13 +166,7 @@ def _redistribution_macs() -> list[dict]:
 
 def bench_redistribute(work: Path) -> dict:
     """MAC overhead before/after (mobilenet_v2, mcunet_like); accuracy after fine-tuning on Fashion-MNIST."""
-    commands = []
-    for folder, args in RD_STEPS:
-        command = [sys.executable, "-m", "slimkit.cli.main", *(a.format(work=work) for a in args),
-                   "--out", str(work / folder)]
-        commands.append(" ".join(command[3:]))
-        if not (work / folder).exists():
-            subprocess.run(command, cwd=ROOT, check=True)
+    commands = _run_steps(work, RD_STEPS)
     metrics = {f: json.loads((work / f / "metrics.json").read_text()) for f, _ in RD_STEPS if f != "rd_patch"}
     patch = json.loads((work / "rd_patch" / "patch.json").read_text())
     return {"commands": commands, "fashion_mnist": {
