@@ -141,7 +141,23 @@ def prune_and_check(name: str, side: int, kwargs: dict[str, Any]) -> dict[str, A
     failed = [k for k in ("on_target", "forward_ok", "onnx_ok", "reload_exact") if not row.get(k)]
     row["outcome"] = "fail" if failed else "pass"
     row["reason"] = ", ".join(f"not {k}" for k in failed) + (f" ({row['onnx_error']})" if row.get("onnx_error") else "")
+    if not row.get("onnx_ok"):  # whose failure: pruning's, or the exporter's on this architecture?
+        row["onnx_unpruned_ok"] = _exports(load_model(f"timm:{name}", num_classes=10, **kwargs)[0], x)
+        if not row["onnx_unpruned_ok"]:
+            row["reason"] += "; the unpruned model fails the same export (an exporter limit, not pruning's)"
     return row
+
+
+def _exports(model, x) -> bool:
+    """Whether `model` exports to ONNX and passes the ORT check (the unpruned reference for a failed export)."""
+    from slimkit.deploy.onnx_export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            export_onnx(model.eval(), tuple(x.shape[1:]), Path(tmp) / "model.onnx")
+            return True
+        except Exception:  # the caller records only whether it did
+            return False
 
 
 def checks(model, info, x, out_shape: tuple[int, ...]) -> dict[str, Any]:
