@@ -193,8 +193,9 @@ def test_losing_groups_and_costs_by_hand():
 
 
 def test_real_profile_attributes_every_ms(built):
-    """ORT's profiler on the small SE net: every profiled ms lands on a source node or UNATTRIBUTED; convs (with
-    their fused activations) hold most of it."""
+    """ORT's profiler on the small SE net: every profiled ms lands on a source node or UNATTRIBUTED, and every conv
+    (with the activation fp32 fuses it with) is charged some of it. Shares of time are not asserted: on a 0.07 ms
+    net they move with the machine's load."""
     fp32, pre, builder = built
     g = OnnxGraph(pre)
     prof = OrtOpProfiler(SIZE, [n.name for n in g.nodes], runs=3, warmup=1)
@@ -203,8 +204,8 @@ def test_real_profile_attributes_every_ms(built):
         got = attribute(ms, opt, [n.name for n in g.nodes])
         assert sum(got.values()) == pytest.approx(sum(ms.values())) and sum(ms.values()) > 0
         # fp32 runs each conv fused with its activation, profiled under the activation's name: the pair gets it
-        convs = fused_closure(g, [n.name for n in g.nodes if n.op_type == "Conv"])
-        assert sum(got.get(c, 0) for c in convs) > 0.5 * sum(ms.values())
+        for conv in (n.name for n in g.nodes if n.op_type == "Conv"):
+            assert sum(got.get(c, 0) for c in fused_closure(g, [conv])) > 0, (path.name, conv)
     assert set(prof(builder.build(QuantSettings()))) - {UNATTRIBUTED} <= {n.name for n in g.nodes}
 
 
