@@ -8,16 +8,23 @@ for the search's trial copies and for the final cut alike:
 - concat / split whose input (piece) widths Torch-Pruning could not infer (a None among its `concat_sizes`; EVA's
   DINOv3 rotary attention): its pruner only keeps those sizes for later index mapping, and added
   None to an int; the bookkeeping is skipped, as Torch-Pruning does when no size is known at all.
+- convs with per-output-channel parameters of their own besides weight and bias (timm `ScaledStdConv2d`
+  in NF-Nets: a `gain` of shape (out, 1, 1, 1)): `prune_conv_extras` prunes those with the output
+  channels, and moves a scaled weight standardisation's `scale` (gamma / sqrt(fan-in), fixed at
+  construction) to the new fan-in, so the pruned layer is the one its class builds at the kept width.
+  Torch-Pruning's own conv pruner does the rest: the criteria recognise its handlers by identity.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch_pruning as tp
 from torch_pruning import ops
 from torch_pruning.pruner import function
 
-__all__ = ["dependency_graph", "GroupNormPruner", "ConcatPruner", "SplitPruner"]
+__all__ = ["dependency_graph", "prune_conv_extras", "GroupNormPruner", "ConcatPruner", "SplitPruner"]
 
 
 class GroupNormPruner(function.GroupNormPruner):
@@ -76,3 +83,23 @@ def _forward(model: torch.nn.Module, example_inputs):
     if isinstance(example_inputs, (tuple, list)):
         return model(*example_inputs)
     return model(example_inputs)
+
+
+def prune_conv_extras(group) -> None:
+    """Before `group.prune()`: the per-output-channel parameters a conv holds besides weight and bias
+    follow its pruned outputs; a scaled weight standardisation (a float `scale` and a `gain`) keeps
+    scale = gamma / sqrt(fan-in) for its pruned inputs."""
+    for dep, idxs in group:
+        layer = dep.target.module
+        if not isinstance(layer, torch.nn.modules.conv._ConvNd) or not idxs:
+            continue
+        drop = {int(i) for i in idxs}
+        if dep.handler == function.prune_conv_out_channels:
+            width = layer.out_channels
+            keep = [i for i in range(width) if i not in drop]
+            for name, param in list(layer._parameters.items()):
+                if name not in ("weight", "bias") and param is not None and param.dim() >= 1 and param.shape[0] == width:
+                    layer._parameters[name] = torch.nn.Parameter(param.data[keep].clone(), requires_grad=param.requires_grad)
+        elif dep.handler == function.prune_conv_in_channels and layer.groups == 1:
+            if isinstance(getattr(layer, "scale", None), float) and "gain" in layer._parameters:
+                layer.scale *= math.sqrt(layer.in_channels / (layer.in_channels - len(drop)))

@@ -39,6 +39,7 @@ class OpRecord:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     owner: nn.Module | None  # innermost module running when the op ran
+    weight_transform: bool = False  # computed from its owner layer's own parameters alone
 
 
 class ShapeRecorder(TorchFunctionMode):
@@ -47,6 +48,7 @@ class ShapeRecorder(TorchFunctionMode):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.records: dict[Any, OpRecord] = {}
+        self._weight_fns: set[Any] = set()  # autograd nodes of weight transforms
         self._stack: list[nn.Module] = []
         self._handles = []
         self._handles = _stack_hooks(model, self._stack)
@@ -62,14 +64,26 @@ class ShapeRecorder(TorchFunctionMode):
         if tensors:
             outs = out if isinstance(out, (tuple, list)) else (out,)
             owner = self._stack[-1] if self._stack else None
+            weight = self._is_weight_transform(owner, tensors)
             for o in outs:
                 if isinstance(o, torch.Tensor) and o.grad_fn is not None and o.grad_fn not in self.records:
                     name = getattr(func, "__name__", str(func))
                     # A broadcast with a scalar or per-channel factor (`scale * x`, StarReLU) keeps x's
                     # layout: the input of the output's shape is the one whose channels flow through.
                     source = next((t for t in tensors if t.shape == o.shape), tensors[0])
-                    self.records[o.grad_fn] = OpRecord(name, tuple(source.shape), tuple(o.shape), owner)
+                    self.records[o.grad_fn] = OpRecord(name, tuple(source.shape), tuple(o.shape), owner, weight)
+                    if weight:
+                        self._weight_fns.add(o.grad_fn)
         return out
+
+    def _is_weight_transform(self, owner: nn.Module | None, tensors: list[torch.Tensor]) -> bool:
+        """An op of a conv / linear layer on its own parameters alone (ScaledStdConv2d standardises its
+        weight through a (1, out, in*k*k) reshape and F.batch_norm in its forward): no activation
+        channel flows through it, it only shapes the weight the layer then applies."""
+        if not isinstance(owner, (nn.Linear, nn.modules.conv._ConvNd)):
+            return False
+        own = [p for p in owner._parameters.values() if p is not None]
+        return all(any(t is p for p in own) or t.grad_fn in self._weight_fns for t in tensors)
 
 
 _GUARDED_MAPPINGS = ("update_reshape_index_mapping", "update_concat_index_mapping", "update_expand_index_mapping",
@@ -230,6 +244,10 @@ def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module], si
             continue
         rec = records.get(node.grad_fn)
         if rec is not None and rec.owner is not None and rec.owner in exempt:
+            continue
+        if rec is not None and rec.weight_transform:
+            if sinks is not None:
+                sinks.append(module)  # cut: the layer's own pruner shapes its parameters
             continue
         if node.type in (ops.OPTYPE.SPLIT, ops.OPTYPE.UNBIND):
             bad.append(module)  # pieces would be pruned independently of each other

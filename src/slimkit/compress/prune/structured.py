@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from slimkit.compress.prune.adapters import ModelAdapters, analyse_model, clear_caches, fix_attributes, resize_fixed_filters
 from slimkit.compress.prune.errors import operation
-from slimkit.compress.prune.pruners import dependency_graph
+from slimkit.compress.prune.pruners import dependency_graph, prune_conv_extras
 from slimkit.compress.prune.whole import frozen_reasons, group_reason
 from slimkit.compress.prune.safety import ShapeRecorder, index_out_of_range, tolerant_index_mapping, unsafe_nodes, unsupported_convs
 
@@ -328,6 +328,7 @@ def _prune_groups(model: nn.Module, dg, plan: Plan, keeps: list[int]) -> None:
             idxs = sorted(i + k * g.size for k in range(g.ch_groups) for i in order[:n_prune])
             group = dg.get_pruning_group(module, fn, idxs)
             if dg.check_pruning_group(group):  # False when some dependent layer would lose every channel
+                prune_conv_extras(group)
                 group.prune()
                 break
             log.debug("group %s: %d slots would empty a dependent layer; trying %d", g.root, n_prune, n_prune // 2)
