@@ -74,7 +74,36 @@ def dependency_graph(model: torch.nn.Module, example_inputs: torch.Tensor) -> tp
     dg._out_channel_pruning_fn = {p.prune_out_channels for p in pruners}
     # forward_fn: left to itself, Torch-Pruning first tries model(*example_inputs), which unpacks a batch of
     # one into an unbatched sample; convs accept it, so the graph (and the shapes recorded alongside) lost the batch axis
-    return dg.build_dependency(model, example_inputs=example_inputs, forward_fn=_forward, verbose=False)
+    dg.build_dependency(model, example_inputs=example_inputs, forward_fn=_forward, verbose=False)
+    _parameter_axes(dg)
+    return dg
+
+
+def _parameter_axes(dg: tp.DependencyGraph) -> None:
+    """Torch-Pruning prunes a parameter used outside any layer on its last non-singleton axis: right
+    for a (C,) scale or a (1, N, C) token embedding, wrong for Visformer's (1, C, H, W) position
+    embedding (it cut the width). Such a parameter is pruned on the one axis whose size is the
+    channel count of the activations it is combined with, when its axis does not have that size."""
+    from torch_pruning.dependency import shape_infer
+
+    for node in dg.module2node.values():
+        if node.type != ops.OPTYPE.PARAMETER:
+            continue
+        widths = set()
+        for op in node.outputs:
+            for other in op.inputs:
+                if other is not node:
+                    try:
+                        widths.add(shape_infer.infer_out_channels_recursively(dg, other, [0]))
+                    except (IndexError, TypeError, ValueError, ZeroDivisionError):
+                        widths.add(None)
+        shape = node.module.shape
+        if len(widths) != 1 or None in widths or node.pruning_dim is None:
+            continue
+        channels = widths.pop()
+        axes = [a for a, size in enumerate(shape) if size == channels]
+        if shape[node.pruning_dim] != channels and len(axes) == 1:
+            node.pruning_dim = axes[0]
 
 
 def _forward(model: torch.nn.Module, example_inputs):
