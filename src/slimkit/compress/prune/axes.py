@@ -21,6 +21,7 @@ __all__ = ["PERMUTES", "REDUCTIONS", "permutation", "axis_after", "channel_reade
 
 PERMUTES = ("permute", "transpose", "movedim", "swapaxes", "swapdims", "mT", "t")
 REDUCTIONS = ("mean", "amax", "amin", "sum", "max", "min", "std", "var", "norm", "logsumexp")
+RESIZES = ("pad", "interpolate")  # change the size of some axes, keep every axis in place
 MAX_DEPTH = 10  # op nodes followed from the permute (a block's tail and the next block's head)
 _LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -53,6 +54,8 @@ def axis_after(rec: Any, grad_fn: Any, axis: int) -> int | None:
         return perm.index(axis) if perm is not None and len(perm) == len(rec.out_shape) else None
     if rec.in_shape == rec.out_shape:
         return axis
+    if rec.func in RESIZES and len(rec.in_shape) == len(rec.out_shape) and rec.in_shape[axis] == rec.out_shape[axis]:
+        return axis  # padding or resampling other axes (TinyViT pads its (B, H, W, C) map to whole windows)
     size, lead = rec.in_shape[axis], math.prod(rec.in_shape[:axis])
     for b, s in enumerate(rec.out_shape):
         if s == size and math.prod(rec.out_shape[:b]) == lead:

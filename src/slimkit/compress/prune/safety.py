@@ -30,7 +30,8 @@ from torch.overrides import TorchFunctionMode
 from slimkit.compress.prune.axes import PERMUTES as _PERMUTES
 from slimkit.compress.prune.axes import permute_verdict, reduces_channels
 
-__all__ = ["OpRecord", "ShapeRecorder", "unsafe_nodes", "locate_failure", "tolerant_index_mapping", "unsupported_convs"]
+__all__ = ["OpRecord", "ShapeRecorder", "unsafe_nodes", "locate_failure", "tolerant_index_mapping", "unsupported_convs",
+           "widest", "overflowed"]
 
 
 @dataclass
@@ -91,11 +92,11 @@ _GUARDED_MAPPINGS = ("update_reshape_index_mapping", "update_concat_index_mappin
 
 
 @contextlib.contextmanager
-def tolerant_index_mapping(failed: set | None = None) -> Iterator[set]:
+def tolerant_index_mapping(failed: set | None = None, width: int | None = None) -> Iterator[set]:
     """Let Torch-Pruning skip ops whose index mapping it cannot compute (a channel shuffle divides
     by zero in its reshape mapping; a concat of inputs whose widths it cannot infer adds None in
     CoaT); the nodes it gave up on are collected in `failed` and are then treated as unsafe, so
-    their groups stay whole."""
+    their groups stay whole. `width`: the widest axis of the model (`widest`), see _indexed_group_lookup."""
     from torch_pruning.dependency import index_mapping
 
     failed = set() if failed is None else failed
@@ -122,7 +123,7 @@ def tolerant_index_mapping(failed: set | None = None) -> Iterator[set]:
         setattr(index_mapping, name, guard(originals[name]))
     index_mapping.update_split_index_mapping = split_in_piece_order
     try:
-        with _indexed_group_lookup():
+        with _indexed_group_lookup(width):
             yield failed
     finally:
         for name, fn in originals.items():
@@ -145,19 +146,37 @@ def _order_split_outputs(node) -> bool:
     return True
 
 
+def widest(model: nn.Module) -> int:
+    """The longest axis of any parameter of `model` (a bound on any channel count a group can have)."""
+    return max((max(p.shape) for p in model.parameters() if p.dim()), default=1)
+
+
+def overflowed(group) -> str | None:
+    """The node where `group`'s channel indices outgrew every axis of the model, if they did."""
+    return group.__dict__.get("_slimkit_overflow")
+
+
 @contextlib.contextmanager
-def _indexed_group_lookup() -> Iterator[None]:
+def _indexed_group_lookup(width: int | None = None) -> Iterator[None]:
     """Same answers as Torch-Pruning's `Group.has_pruning_op`, from a hash set instead of a list
-    scan: group expansion is quadratic without it (100 s -> seconds on MobileViT-v2)."""
+    scan: group expansion is quadratic without it (100 s -> seconds on MobileViT-v2). With `width`,
+    indices more numerous than the model's widest axis stop there: flatten mappings around a loop of
+    views multiplied them without end (EfficientViM's state-space mixer: 13.7M indices for 320
+    channels, over 15 min in one group); the group is marked (`overflowed`) and kept whole."""
     from torch_pruning.dependency.group import Group
 
     original_add, original_has = Group.add_dep, Group.has_pruning_op
 
     def add_dep(self, dep, idxs) -> None:
         original_add(self, dep, idxs)
+        if width is not None and len(idxs) > width:
+            self.__dict__.setdefault("_slimkit_overflow", dep.target.name or type(dep.target.module).__name__)
         self.__dict__.setdefault("_slimkit_ops", set()).add((id(dep.target), dep.handler, tuple(idxs)))
 
     def has_pruning_op(self, dep, idxs) -> bool:
+        if width is not None and len(idxs) > width:
+            self.__dict__.setdefault("_slimkit_overflow", dep.target.name or type(dep.target.module).__name__)
+            return True  # expand no further
         index = self.__dict__.get("_slimkit_ops")
         if index is None or len(index) < len(self._group):  # items added another way: scan
             return original_has(self, dep, idxs)
@@ -242,7 +261,7 @@ def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module], si
     for module, node in graph.module2node.items():
         if node.type not in checked:
             continue
-        rec = records.get(node.grad_fn)
+        rec = records.get(node.grad_fn) or _unrecorded_slice(node)
         if rec is not None and rec.owner is not None and rec.owner in exempt:
             continue
         if rec is not None and rec.weight_transform:
@@ -268,6 +287,15 @@ def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module], si
         elif not channel_preserved(rec, channels) or _moves_channels_off_layer_axis(node, rec, channels, records):
             bad.append(module)
     return bad
+
+
+def _unrecorded_slice(node) -> OpRecord | None:
+    """A slice autograd made inside one indexing call (`x[:, :H, :W]`: the first of two slices has no
+    record of its own), read from its saved input sizes; None for anything else."""
+    sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    if type(node.grad_fn).__name__ != "SliceBackward0" or sizes is None:
+        return None
+    return OpRecord("slice", tuple(int(s) for s in sizes), (), None)
 
 
 def _inferred_channels(graph, node, shape_infer) -> int | None:

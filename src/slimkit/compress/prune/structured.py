@@ -21,7 +21,9 @@ from slimkit.compress.prune.adapters import ModelAdapters, analyse_model, clear_
 from slimkit.compress.prune.errors import operation
 from slimkit.compress.prune.pruners import dependency_graph, prune_conv_extras
 from slimkit.compress.prune.whole import frozen_reasons, group_reason
-from slimkit.compress.prune.safety import ShapeRecorder, index_out_of_range, tolerant_index_mapping, unsafe_nodes, unsupported_convs
+from slimkit.compress.prune.boundary import open_sides
+from slimkit.compress.prune.safety import (ShapeRecorder, index_out_of_range, overflowed, tolerant_index_mapping, unsafe_nodes,
+                                           unsupported_convs, widest)
 
 __all__ = ["GroupPlan", "Plan", "plan_groups", "allocate", "apply_plan", "layer_stats"]
 
@@ -86,6 +88,7 @@ class _GroupScorer:
         self.importance = importance
         self.num_heads = dict(num_heads)
         self.ignored = [m for layer in ignored_layers for m in layer.modules()]
+        self.width = widest(model)
         self.out_groups, self.in_groups = self._channel_groups(model)
 
     def _channel_groups(self, model: nn.Module) -> tuple[dict, dict]:
@@ -102,7 +105,7 @@ class _GroupScorer:
         return out_groups, in_groups
 
     def groups(self) -> list:
-        with operation("expanding dependency groups"), tolerant_index_mapping():
+        with operation("expanding dependency groups"), tolerant_index_mapping(width=self.width):
             return list(self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=_ROOT_TYPES))
 
     def channel_groups(self, group) -> int:
@@ -121,23 +124,30 @@ class _GroupScorer:
             return group
         for dep, idxs in group:
             if isinstance(dep.target.module, _ROOT_TYPES) and self.DG.is_in_channel_pruning_fn(dep.handler):
-                with tolerant_index_mapping():
+                with tolerant_index_mapping(width=self.width):
                     return self.DG.get_pruning_group(dep.target.module, dep.handler, idxs)
         return None
 
 
+def _ignored(model: nn.Module, ignore: list[str]) -> list[nn.Module]:
+    return [m for n, m in model.named_modules() if n and any(n == p or n.startswith(p + ".") for p in ignore)]
+
+
 def _frozen_objects(model: nn.Module, adapters: ModelAdapters, ignore: list[str]) -> set[int]:
     frozen: set[int] = set()
-    roots = list(adapters.protected)
-    roots += [m for n, m in model.named_modules() if n and any(n == p or n.startswith(p + ".") for p in ignore)]
-    for root in roots:
+    for root in list(adapters.protected) + _ignored(model, ignore):
         frozen.update(id(m) for m in root.modules())
         frozen.update(id(p) for p in root.parameters())
     return frozen
 
 
-def _touches(group, frozen: set[int]) -> bool:
-    return any(id(dep.target.module) in frozen or id(dep.source.module) in frozen for dep, _ in group)
+def _touches(group, frozen: set[int], graph, open_: set[tuple[int, bool]]) -> bool:
+    """Whether the group prunes a frozen object, other than on an open side of a protected module."""
+    for dep, _ in group:
+        for obj, fn in ((dep.target.module, dep.handler), (dep.source.module, dep.trigger)):
+            if id(obj) in frozen and (id(obj), graph.is_out_channel_pruning_fn(fn)) not in open_:
+                return True
+    return False
 
 
 def plan_groups(model, example_inputs, importance, classifier: list[nn.Module], ignore: list[str],
@@ -150,10 +160,17 @@ def plan_groups(model, example_inputs, importance, classifier: list[nn.Module], 
     frozen.update(id(m) for m in unsafe)
     frozen.update(id(m) for m in unsupported_convs(model))
     reasons = frozen_reasons(model, adapters.protected, ignore, unsafe, scorer.DG, scorer.records, unsupported_convs(model))
+    ignored = set(_ignored(model, ignore))
+    open_ = open_sides(scorer.DG, scorer.records, [m for m in adapters.protected if m not in ignored])
     stats = layer_stats(model, example_inputs)
     groups, names, score_notes, whole = [], scorer.DG._module2name, [], {}
     for group in scorer.groups():
-        if _touches(group, frozen):
+        if overflowed(group) is not None:
+            for dep, _ in group:
+                if dep.target.module in names:
+                    whole.setdefault(names[dep.target.module], f"its channel indices multiply without end at {overflowed(group)}")
+            continue
+        if _touches(group, frozen, scorer.DG, open_):
             reason = group_reason(group, reasons) or "kept whole"
             for dep, _ in group:
                 if dep.target.module in names:
@@ -308,7 +325,7 @@ def apply_plan(model: nn.Module, example_inputs: torch.Tensor, plan: Plan, keeps
     """Prune `model` in place so group i keeps keeps[i] slots (highest scores survive)."""
     adapters = analyse_model(model)
     dg = cut_graph(model, example_inputs, _exempt(adapters))[0]
-    with torch.enable_grad(), tolerant_index_mapping(), operation("pruning channel groups"):
+    with torch.enable_grad(), tolerant_index_mapping(width=widest(model)), operation("pruning channel groups"):
         _prune_groups(model, dg, plan, keeps)
     with operation("updating module attributes"):
         fix_attributes(model, adapters)
