@@ -3,7 +3,8 @@
 Per family (a timm module such as `resnet` or `metaformer`): the registered model with the fewest
 parameters (counted on the meta device, no weights), random init, 10 classes, at the smallest input
 side of 64/96/128/160/192/224/256 (with `img_size=` where the model takes it) that runs and costs at most
-1 GMAC. It is pruned with `prune_(PruneConfig(target="macs=0.5"))` (l2, global, round_to=8) and the row
+1 GMAC (a registered model above 200M parameters is built with fewer blocks, `depth=`, the
+deepest of 12/8/6/4/2 that fits; the row says so under `reduced`). It is pruned with `prune_(PruneConfig(target="macs=0.5"))` (l2, global, round_to=8) and the row
 records the outcome:
 
 * `pass`: MACs ratio within 0.45..0.55, output shape kept, ONNX export verified in ONNX Runtime,
@@ -37,6 +38,8 @@ from _common import RESULTS, environment, write_results
 NAME = "prune_sweep"
 SIDES = (64, 96, 128, 160, 192, 224, 256)
 MAX_MACS = 1e9
+MAX_PARAMS = 200e6  # a registered model above this is sized down by depth (deepseek_vit: only a 412M variant)
+DEPTHS = (12, 8, 6, 4, 2)
 SMALL_NAMES = ("atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "small", "mini", "micro", "_s", "_t", "lite")
 
 
@@ -56,18 +59,28 @@ def smallest_variant(family: str) -> tuple[str | None, float | None]:
     return best
 
 
-def _meta_params(name: str) -> int | None:
+def _meta_params(name: str, **kwargs: Any) -> int | None:
     import timm
     import torch
 
     try:
         with torch.device("meta"):
-            return sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())
+            return sum(p.numel() for p in timm.create_model(name, num_classes=10, **kwargs).parameters())
     except Exception:  # not buildable on meta: the count is only informative
         return None
 
 
-def pick_input(name: str) -> tuple[int, dict[str, Any], int] | None:
+def reduced_depth(name: str) -> dict[str, Any] | None:
+    """{"depth": d}: the deepest of DEPTHS at which timm builds `name` within MAX_PARAMS (the same
+    blocks, fewer of them); None when it takes no `depth` or no depth fits."""
+    for depth in DEPTHS:
+        params = _meta_params(name, depth=depth)
+        if params is not None and params <= MAX_PARAMS:
+            return {"depth": depth}
+    return None
+
+
+def pick_input(name: str, base: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], int] | None:
     """(side, extra kwargs, MACs) of the smallest input the model runs at within MAX_MACS; the
     smallest that runs at all when every size costs more (a wide model such as ConvMixer)."""
     import torch
@@ -77,7 +90,7 @@ def pick_input(name: str) -> tuple[int, dict[str, Any], int] | None:
 
     first = None
     for side in SIDES:
-        for kwargs in ({"img_size": side}, {}):
+        for kwargs in ({**(base or {}), "img_size": side}, dict(base or {})):
             try:
                 torch.manual_seed(0)
                 model, _ = load_model(f"timm:{name}", num_classes=10, **kwargs)
@@ -98,7 +111,15 @@ def run_family(family: str, model: str | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"family": family, "model": name, "params": params}
     if name is None:
         return {**row, "outcome": "no_input", "reason": "no variant builds"}
-    picked = pick_input(name)
+    base = None
+    if params is not None and params > MAX_PARAMS:
+        base = reduced_depth(name)
+        if base is None:
+            return {**row, "outcome": "refused", "seconds": round(time.perf_counter() - start, 1),
+                    "reason": f"{name}: {params / 1e6:.0f}M parameters, beyond the sweep's {MAX_PARAMS / 1e6:.0f}M, "
+                              "and timm builds it at no smaller depth"}
+        row.update(reduced=base, params=_meta_params(name, **base), registered_params=params)
+    picked = pick_input(name, base)
     if picked is None:
         return {**row, "outcome": "no_input", "reason": f"no input side in {SIDES} runs"}
     side, kwargs, _ = picked

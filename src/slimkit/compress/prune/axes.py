@@ -22,6 +22,7 @@ __all__ = ["PERMUTES", "REDUCTIONS", "permutation", "axis_after", "channel_reade
 PERMUTES = ("permute", "transpose", "movedim", "swapaxes", "swapdims", "mT", "t")
 REDUCTIONS = ("mean", "amax", "amin", "sum", "max", "min", "std", "var", "norm", "logsumexp")
 RESIZES = ("pad", "interpolate")  # change the size of some axes, keep every axis in place
+COPIES = ("CloneBackward0",)  # unrecorded autograd copies inside a recorded op: same shape, same layout
 MAX_DEPTH = 10  # op nodes followed from the permute (a block's tail and the next block's head)
 _LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -81,6 +82,9 @@ def channel_readers(node: Any, axis: int, shape: tuple[int, ...], records: dict)
                 found.append((n.module, ax == 1))
                 continue
             rec = records.get(n.grad_fn)
+            if rec is None and type(n.grad_fn).__name__ in COPIES:  # reshape of a strided view: a copy, then the view
+                following.extend((child, ax, shp) for child in n.outputs)
+                continue
             linears = _linears_behind(n, records) if rec is None else None
             if linears:  # F.linear on a >2-D input: unrecorded views and a matmul in front of the layer
                 found.extend((m, ax == len(shp) - 1) for m in linears)

@@ -119,15 +119,34 @@ def tolerant_index_mapping(failed: set | None = None, width: int | None = None) 
         else:
             failed.add(node.module)
 
+    def slice_off_the_channels(graph, node) -> None:
+        if getattr(node.module, "_slimkit_spatial", False):
+            _clear_slice_mapping(node)
+        else:
+            guard(originals["update_slice_index_mapping"])(graph, node)
+
     for name in _GUARDED_MAPPINGS:
         setattr(index_mapping, name, guard(originals[name]))
     index_mapping.update_split_index_mapping = split_in_piece_order
+    index_mapping.update_slice_index_mapping = slice_off_the_channels
     try:
         with _indexed_group_lookup(width):
             yield failed
     finally:
         for name, fn in originals.items():
             setattr(index_mapping, name, fn)
+
+
+def _clear_slice_mapping(node) -> None:
+    """A slice along another axis than the channels passes channel indices unchanged. Torch-Pruning
+    takes axis 1 of a 4-D tensor for the channels and maps indices by the slice bounds: on TinyViT's
+    (B, H, W, C) map `x[:, :H]` it dropped every channel index >= H."""
+    for dep in node.dependencies:
+        dep.index_mapping[0] = None
+    for source in node.inputs:
+        for dep in source.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = None
 
 
 def _order_split_outputs(node) -> bool:
@@ -281,6 +300,9 @@ def unsafe_nodes(graph, records: dict[Any, OpRecord], exempt: set[nn.Module], si
             axes = _channel_axes(rec.in_shape, channels) if channels else []
             if dim is None or not axes or dim % max(len(rec.in_shape), 1) in axes[:1]:
                 bad.append(module)
+            else:
+                module._slimkit_spatial = True  # see _clear_slice_mapping
+                _clear_slice_mapping(node)
             continue
         if sinks is not None and reduces_channels(rec, channels):
             sinks.append(module)
