@@ -4,7 +4,7 @@ Per family (a timm module such as `resnet` or `metaformer`): the registered mode
 parameters (counted on the meta device, no weights), random init, 10 classes, at the smallest input
 side of 64/96/128/160/192/224/256 (with `img_size=` where the model takes it) that runs and costs at most
 1 GMAC (a registered model above 200M parameters is built with fewer blocks, `depth=`, the
-deepest of 12/8/6/4/2 that fits; the row says so under `reduced`). It is pruned with `prune_(PruneConfig(target="macs=0.5"))` (l2, global, round_to=8) and the row
+deepest of 12/8/6/4/2 within 60M parameters; the row says so under `reduced`). It is pruned with `prune_(PruneConfig(target="macs=0.5"))` (l2, global, round_to=8) and the row
 records the outcome:
 
 * `pass`: MACs ratio within 0.45..0.55, output shape kept, ONNX export verified in ONNX Runtime,
@@ -38,7 +38,8 @@ from _common import RESULTS, environment, write_results
 NAME = "prune_sweep"
 SIDES = (64, 96, 128, 160, 192, 224, 256)
 MAX_MACS = 1e9
-MAX_PARAMS = 200e6  # a registered model above this is sized down by depth (deepseek_vit: only a 412M variant)
+MAX_PARAMS = 200e6  # a registered model above this is sized down by depth (deepseek_vit: only a 412M variant) ...
+REDUCED_PARAMS = 60e6  # ... to the deepest of DEPTHS within this (at 100M+ each pruning trial's copy outlasts the limit)
 DEPTHS = (12, 8, 6, 4, 2)
 SMALL_NAMES = ("atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "small", "mini", "micro", "_s", "_t", "lite")
 
@@ -71,11 +72,11 @@ def _meta_params(name: str, **kwargs: Any) -> int | None:
 
 
 def reduced_depth(name: str) -> dict[str, Any] | None:
-    """{"depth": d}: the deepest of DEPTHS at which timm builds `name` within MAX_PARAMS (the same
-    blocks, fewer of them); None when it takes no `depth` or no depth fits."""
+    """{"depth": d}: the deepest of DEPTHS at which timm builds `name` within REDUCED_PARAMS (the
+    same blocks, fewer of them); None when it takes no `depth` or no depth fits."""
     for depth in DEPTHS:
         params = _meta_params(name, depth=depth)
-        if params is not None and params <= MAX_PARAMS:
+        if params is not None and params <= REDUCED_PARAMS:
             return {"depth": depth}
     return None
 
