@@ -197,3 +197,20 @@ def test_indices_that_outgrow_the_model_stop_the_group():
         assert overflowed(group) is None and group.has_pruning_op(Dep(), [0, 1, 2])
         assert group.has_pruning_op(Dep(), list(range(5)))  # "already there": the expansion stops
         assert overflowed(group) == "mixer.view"
+
+
+def test_group_lookup_answers_as_the_scan_with_repeated_items():
+    from torch_pruning.dependency.group import Group
+
+    from slimkit.compress.prune.safety import _indexed_group_lookup
+
+    class Dep:
+        handler, target = "prune", "node"
+
+    with _indexed_group_lookup():
+        group = Group()
+        for idxs in ([0, 1], [0, 1], [2]):  # a target reached twice before its first visit is added twice
+            group.add_dep(Dep(), idxs)
+        assert group.__dict__["_slimkit_added"] == len(group._group) == 3  # the index answers, no list scan
+        assert group.has_pruning_op(Dep(), [0, 1]) and group.has_pruning_op(Dep(), [2])
+        assert not group.has_pruning_op(Dep(), [1])

@@ -191,13 +191,16 @@ def _indexed_group_lookup(width: int | None = None) -> Iterator[None]:
         if width is not None and len(idxs) > width:
             self.__dict__.setdefault("_slimkit_overflow", dep.target.name or type(dep.target.module).__name__)
         self.__dict__.setdefault("_slimkit_ops", set()).add((id(dep.target), dep.handler, tuple(idxs)))
+        self.__dict__["_slimkit_added"] = self.__dict__.get("_slimkit_added", 0) + 1
 
     def has_pruning_op(self, dep, idxs) -> bool:
         if width is not None and len(idxs) > width:
             self.__dict__.setdefault("_slimkit_overflow", dep.target.name or type(dep.target.module).__name__)
             return True  # expand no further
         index = self.__dict__.get("_slimkit_ops")
-        if index is None or len(index) < len(self._group):  # items added another way: scan
+        # Items added another way: scan. (Counted, not compared with the set's size: a target reached
+        # twice before its first visit is added twice; the fallback then made DeepSeek-ViT's groups quadratic.)
+        if index is None or self.__dict__.get("_slimkit_added", 0) < len(self._group):
             return original_has(self, dep, idxs)
         return (id(dep.target), dep.handler, tuple(idxs)) in index
 
