@@ -27,6 +27,7 @@ from pathlib import Path
 from _common import RESULTS, environment, write_results
 
 WORK = Path("/tmp/slimkit_search_bench")
+ROOT_DOCS = Path(__file__).resolve().parents[1] / "docs"
 TRAIN_SAMPLES, VAL_SAMPLES, EPOCHS = 3000, 1000, 4
 # proxies-alone: 30 children each trained from scratch on a smaller subset (about 25 min on 1 thread at load 15).
 # 1 epoch at batch 64 left them near chance (8-16% top-1: no ranking to measure), hence 2 epochs at batch 32.
@@ -149,14 +150,55 @@ def proxies_part(n: int = 30, alone: bool = False) -> dict:
             "kendall_tau": res["kendall_tau"], "rows": res["rows"]}
 
 
+def frontier_part(step: str) -> dict:
+    """Figure 1 (see search_frontier.py): `frontier-base`, `frontier-search`, then `frontier` (timing + figures)."""
+    import torch
+
+    import search_frontier as fr
+    from slimkit.engine.config import TrainConfig
+    from slimkit.search.evolution import EvolutionConfig
+    from slimkit.search.space import load_space
+    from slimkit.search.table import LatencyTable
+
+    torch.set_num_threads(1)
+    space = load_space("mbv2")
+    data = _data(space)
+    cfg = TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, seed=0)
+    if step == "base":
+        return {"baselines": fr.base_step(WORK, space, data, cfg)}
+    if step == "search":
+        table = LatencyTable.load(WORK / "latency_table.json")
+        found = fr.search_step(WORK, table, data, cfg, EvolutionConfig(population=16, generations=5, seed=0))
+        (WORK / "frontier" / "search.json").write_text(json.dumps(found))
+        return found
+    return frontier_figures(fr, space, data, cfg)
+
+
+def frontier_figures(fr, space, data, cfg) -> dict:
+    base = fr.base_step(WORK, space, data, cfg)  # cached: read back
+    found = json.loads((WORK / "frontier" / "search.json").read_text())
+    lat = fr.measure_step(WORK, space, data)
+    out = {"environment": environment(1), "train_samples": TRAIN_SAMPLES, "val_samples": VAL_SAMPLES,
+           "epochs": EPOCHS, "search": {k: v for k, v in found.items() if k != "front"}, "latency": lat,
+           "baselines": base, "front": found["front"], "dominance": {}}
+    for stat in ("min_ms", "median_ms"):
+        for kind in ("retrained_top1", "supernet_top1"):
+            pts = [(lat[f"front {i}"][stat], r[kind]) for i, r in enumerate(found["front"]) if kind in r]
+            out["dominance"][f"{kind}@{stat}"] = {n: fr.dominance(pts, lat[n][stat], b["top1"]) for n, b in base.items()}
+    fr.plot(ROOT_DOCS / "search_frontier.png", base, found["front"], lat, "min_ms")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["latency", "train", "search", "proxies", "proxies-alone"])
+    parser.add_argument("part", choices=["latency", "train", "search", "proxies", "proxies-alone", "frontier-base",
+                                         "frontier-search", "frontier"])
     parser.add_argument("--target-ms", type=float, default=None)
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     payload = {"latency": latency_part, "train": train_part, "proxies": proxies_part,
-               "proxies-alone": lambda: proxies_part(alone=True)}.get(
+               "proxies-alone": lambda: proxies_part(alone=True), "frontier": lambda: frontier_part("figures"),
+               "frontier-base": lambda: frontier_part("base"), "frontier-search": lambda: frontier_part("search")}.get(
         args.part, lambda: search_part(args.target_ms))()
     _merge(args.part, payload)
 
