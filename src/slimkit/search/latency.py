@@ -9,6 +9,7 @@ blocks misses (memory traffic between blocks, the graph's own overhead) shows up
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import tempfile
@@ -22,6 +23,7 @@ import torch.nn as nn
 
 from slimkit.errors import BadInputError
 from slimkit.search.child import ChildNet, MBBlock, _conv_bn, child_spec
+from slimkit.search.irmb import IRMBBlock
 from slimkit.search.space import Arch, SearchSpace
 
 __all__ = ["space_parts", "arch_parts", "part_module", "measure_modules", "measure_archs", "measure_children",
@@ -35,37 +37,40 @@ def _down(h: int, stride: int) -> int:
 
 
 def arch_parts(space: SearchSpace, arch: Arch) -> list[str]:
-    """The table keys whose sum is `arch`'s network: stem, one key per block, head."""
+    """The table keys whose sum is `arch`'s network: stem, one key per block, head (iRMB spaces: `irmb:` blocks
+    with their attention and head width, and SiLU stem and head)."""
     spec = child_spec(space, arch)
+    irmb = space.block == "irmb"
+    act = "-silu" if irmb else ""
     h = _down(arch.resolution, space.stem_stride)
-    keys = [f"stem:{space.in_chans}-{spec['stem']}-s{space.stem_stride}@{arch.resolution}"]
-    for cin, hidden, cout, k, stride, residual in spec["blocks"]:
-        keys.append(f"block:{cin}-{hidden}-{cout}-k{k}-s{stride}-r{int(residual)}@{h}")
+    keys = [f"stem:{space.in_chans}-{spec['stem']}-s{space.stem_stride}{act}@{arch.resolution}"]
+    for cin, hidden, cout, k, stride, residual, *attn in spec["blocks"]:
+        shape = f"{cin}-{hidden}-{cout}-k{k}-s{stride}-r{int(residual)}"
+        keys.append(f"irmb:{shape}-a{int(attn[0])}-h{space.head_dim}@{h}" if irmb else f"block:{shape}@{h}")
         h = _down(h, stride)
     last = spec["blocks"][-1][2]
-    keys.append(f"head:{last}-{space.head_channels}-{space.num_classes}@{h}")
+    keys.append(f"head:{last}-{space.head_channels}-{space.num_classes}{act}@{h}")
     return keys
 
 
 def space_parts(space: SearchSpace) -> list[str]:
-    """Every key any child of `space` can need (the uniform children of each (width, resolution, k, e)
-    cover every block shape: a block's shape depends on its own k, e and the global width/resolution only)."""
+    """Every key any child of `space` can need (the uniform children of each (width, resolution, k, e, attention)
+    cover every block shape: a block's shape depends on its own choices and the global width/resolution only)."""
     keys: dict[str, None] = {}
-    for w in space.widths:
-        for r in space.resolutions:
-            for k in space.kernels:
-                for e in space.expands:
-                    depths = [max(s.depths) for s in space.stages]
-                    arch = Arch(resolution=r, width=w, depths=depths, kernels=[[k] * d for d in depths],
-                                expands=[[e] * d for d in depths])
-                    keys.update(dict.fromkeys(arch_parts(space, arch)))
+    depths = [max(s.depths) for s in space.stages]
+    for w, r, k, e, on in itertools.product(space.widths, space.resolutions, space.kernels, space.expands,
+                                            (False, True) if space.block == "irmb" else (None,)):
+        attention = None if on is None else space.attention_for(depths, lambda opts, on=on: on if on in opts else opts[0])
+        arch = Arch(resolution=r, width=w, depths=depths, kernels=[[k] * d for d in depths],
+                    expands=[[e] * d for d in depths], attention=attention)
+        keys.update(dict.fromkeys(arch_parts(space, arch)))
     return list(keys)
 
 
 class _Head(nn.Module):
-    def __init__(self, cin: int, head: int, classes: int):
+    def __init__(self, cin: int, head: int, classes: int, kind: str = "mbconv"):
         super().__init__()
-        self.conv = nn.Sequential(*_conv_bn(cin, head, 1, 1))
+        self.conv = nn.Sequential(*_conv_bn(cin, head, 1, 1, kind=kind))
         self.classifier = nn.Linear(head, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,15 +90,19 @@ def part_module(key: str) -> tuple[nn.Module, tuple[int, int, int]]:
     shape, h = rest.rsplit("@", 1)
     h = int(h)
     fields = shape.split("-")
+    block = "irmb" if fields[-1] == "silu" else "mbconv"
     if kind == "stem":
         cin, cout, stride = int(fields[0]), int(fields[1]), int(fields[2][1:])
-        return nn.Sequential(*_conv_bn(cin, cout, 3, stride)), (cin, h, h)
-    if kind == "block":
+        return nn.Sequential(*_conv_bn(cin, cout, 3, stride, kind=block)), (cin, h, h)
+    if kind in ("block", "irmb"):
         cin, hidden, cout = (int(v) for v in fields[:3])
         k, stride, residual = int(fields[3][1:]), int(fields[4][1:]), fields[5] == "r1"
+        if kind == "irmb":
+            attention, head_dim = fields[6] == "a1", int(fields[7][1:])
+            return IRMBBlock(cin, hidden, cout, k, stride, residual, attention, head_dim), (cin, h, h)
         return MBBlock(cin, hidden, cout, k, stride, residual), (cin, h, h)
     if kind == "head":
-        return _Head(*(int(v) for v in fields)), (int(fields[0]), h, h)
+        return _Head(*(int(v) for v in fields[:3]), kind=block), (int(fields[0]), h, h)
     if kind == "call":
         return _Call(), (int(fields[0]), h, h)
     raise BadInputError(f"unknown latency-table key {key!r}")
