@@ -41,13 +41,30 @@ def _merge(part: str, payload: dict) -> None:
     write_results("search_bench", data)
 
 
+LATENCY = dict(calibrate=12, validate=50, seed=0)
+ONNX_DIR = WORK / "latency_onnx"
+
+
+def latency_export_part() -> dict:
+    """Every module the latency part times, exported (verified) into ONNX_DIR: slow, but needs no quiet machine."""
+    from slimkit.search.latency import export_modules
+    from slimkit.search.space import load_space
+    from slimkit.search.table import table_modules
+
+    start = time.perf_counter()
+    modules, _, _ = table_modules(load_space("mbv2"), **LATENCY)
+    ONNX_DIR.mkdir(parents=True, exist_ok=True)
+    export_modules(modules, ONNX_DIR)
+    return {"modules": len(modules), "seconds": round(time.perf_counter() - start, 1)}
+
+
 def latency_part() -> dict:
     from slimkit.search.space import load_space
     from slimkit.search.table import build_table, refit
 
     space = load_space("mbv2")
     start = time.perf_counter()
-    table = build_table(space, 1, repetitions=60, rounds=10, calibrate=12, validate=50)
+    table = build_table(space, 1, repetitions=60, rounds=10, export_dir=ONNX_DIR, **LATENCY)
     out = {"environment": environment(1), "parts": len(table.entries), "seconds": round(time.perf_counter() - start, 1)}
     for stat in ("min", "median"):  # the same measurements, each statistic fitted and validated on its own
         refit(table, stat)
@@ -191,14 +208,15 @@ def frontier_figures(fr, space, data, cfg) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["latency", "train", "search", "proxies", "proxies-alone", "frontier-base",
+    parser.add_argument("part", choices=["latency", "train", "search", "proxies", "proxies-alone", "frontier-base", "latency-export",
                                          "frontier-search", "frontier"])
     parser.add_argument("--target-ms", type=float, default=None)
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     payload = {"latency": latency_part, "train": train_part, "proxies": proxies_part,
                "proxies-alone": lambda: proxies_part(alone=True), "frontier": lambda: frontier_part("figures"),
-               "frontier-base": lambda: frontier_part("base"), "frontier-search": lambda: frontier_part("search")}.get(
+               "frontier-base": lambda: frontier_part("base"), "frontier-search": lambda: frontier_part("search"),
+               "latency-export": latency_export_part}.get(
         args.part, lambda: search_part(args.target_ms))()
     _merge(args.part, payload)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 WIDTHS = (0.35, 0.5, 0.75, 1.0)
-RETRAIN = 5  # front children retrained alone, spread over the front
+RETRAIN = 4  # front children retrained alone, spread over the front
 
 
 def _cached(path: Path, make) -> Any:

@@ -121,23 +121,37 @@ class Measured:
                 "repetitions": self.repetitions}
 
 
-def measure_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], threads: int, *,
-                    repetitions: int = 40, rounds: int = 5, progress: Any = None) -> dict[str, Measured]:
-    """Export each module (verified) and time all of them in ONNX Runtime, interleaved round by round."""
+def export_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], directory: str | Path,
+                   progress: Any = None) -> dict[str, Path]:
+    """Each module exported (verified) to DIRECTORY/m<i>.onnx; a file already there is kept (an export-only
+    pass can run on a busy machine and the timing later, alone)."""
     from slimkit.deploy.onnx_export import export_onnx
+
+    paths = {}
+    for i, (name, (module, size)) in enumerate(modules.items()):
+        paths[name] = Path(directory) / f"m{i}.onnx"
+        if not paths[name].is_file():
+            export_onnx(module.eval(), size, paths[name], dynamic_batch=False)
+        if progress is not None:
+            progress()
+    return paths
+
+
+def measure_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], threads: int, *,
+                    repetitions: int = 40, rounds: int = 5, progress: Any = None,
+                    export_dir: str | Path | None = None) -> dict[str, Measured]:
+    """Export each module (verified; reusing `export_dir`'s files) and time all of them in ONNX Runtime,
+    interleaved round by round."""
     from slimkit.deploy.runtime import open_runner
     from slimkit.profile.timing import measure_interleaved
 
-    candidates = {}
     with tempfile.TemporaryDirectory(prefix="slimkit-lat-") as tmp:
-        for i, (name, (module, size)) in enumerate(modules.items()):
-            module.eval()
-            path = export_onnx(module, size, Path(tmp) / f"m{i}.onnx", dynamic_batch=False).path
-            run = open_runner("onnx", path, threads)
+        paths = export_modules(modules, export_dir or tmp, progress)
+        candidates = {}
+        for i, (name, (_, size)) in enumerate(modules.items()):
+            run = open_runner("onnx", paths[name], threads)
             x = np.random.default_rng(i).standard_normal((1, *size)).astype(np.float32)
             candidates[name] = lambda run=run, x=x: run(x)
-            if progress is not None:
-                progress()
         timings = measure_interleaved(candidates, warmup=5, repetitions=repetitions, rounds=rounds)
     return {k: Measured(t.median, t.iqr, t.p90, t.min, t.repetitions) for k, t in timings.items()}
 
