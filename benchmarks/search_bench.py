@@ -64,7 +64,7 @@ def latency_part() -> dict:
 
     space = load_space("mbv2")
     start = time.perf_counter()
-    table = build_table(space, 1, repetitions=60, rounds=10, export_dir=ONNX_DIR, **LATENCY)
+    table = build_table(space, 1, repetitions=200, rounds=20, export_dir=ONNX_DIR, **LATENCY)
     out = {"environment": environment(1), "parts": len(table.entries), "seconds": round(time.perf_counter() - start, 1)}
     for stat in ("min", "median"):  # the same measurements, each statistic fitted and validated on its own
         refit(table, stat)
