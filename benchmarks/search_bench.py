@@ -45,33 +45,37 @@ LATENCY = dict(calibrate=12, validate=50, seed=0)
 ONNX_DIR = WORK / "latency_onnx"
 
 
-def latency_export_part() -> dict:
+def _onnx_dir(space: str):
+    return ONNX_DIR if space == "mbv2" else WORK / f"latency_onnx_{space}"
+
+
+def latency_export_part(space_name: str = "mbv2") -> dict:
     """Every module the latency part times, exported (verified) into ONNX_DIR: slow, but needs no quiet machine."""
     from slimkit.search.latency import export_modules
     from slimkit.search.space import load_space
     from slimkit.search.table import table_modules
 
     start = time.perf_counter()
-    modules, _, _ = table_modules(load_space("mbv2"), **LATENCY)
-    ONNX_DIR.mkdir(parents=True, exist_ok=True)
-    export_modules(modules, ONNX_DIR)
+    modules, _, _ = table_modules(load_space(space_name), **LATENCY)
+    _onnx_dir(space_name).mkdir(parents=True, exist_ok=True)
+    export_modules(modules, _onnx_dir(space_name))
     return {"modules": len(modules), "seconds": round(time.perf_counter() - start, 1)}
 
 
-def latency_part() -> dict:
+def latency_part(space_name: str = "mbv2") -> dict:
     from slimkit.search.space import load_space
     from slimkit.search.table import build_table, refit
 
-    space = load_space("mbv2")
+    space = load_space(space_name)
     start = time.perf_counter()
-    table = build_table(space, 1, repetitions=200, rounds=20, export_dir=ONNX_DIR, **LATENCY)
+    table = build_table(space, 1, repetitions=200, rounds=20, export_dir=_onnx_dir(space_name), **LATENCY)
     out = {"environment": environment(1), "parts": len(table.entries), "seconds": round(time.perf_counter() - start, 1)}
     for stat in ("min", "median"):  # the same measurements, each statistic fitted and validated on its own
         refit(table, stat)
         out[stat] = {"overhead_ms": table.overhead_ms, "scale": table.scale, "offset_ms": table.offset_ms,
                      "fit_errors": table.calibration["fit_errors"], "validation": table.calibration["validation"]}
     best = min(("min", "median"), key=lambda s: out[s]["validation"]["mean_abs_pct"])
-    refit(table, best).save(WORK / "latency_table.json")
+    refit(table, best).save(WORK / ("latency_table.json" if space_name == "mbv2" else f"latency_table_{space_name}.json"))
     out["table_statistic"] = best
     return out
 
@@ -209,6 +213,7 @@ def frontier_figures(fr, space, data, cfg) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["latency", "train", "search", "proxies", "proxies-alone", "frontier-base", "latency-export",
+                                         "latency-emov2", "latency-export-emov2",
                                          "frontier-search", "frontier"])
     parser.add_argument("--target-ms", type=float, default=None)
     args = parser.parse_args()
@@ -216,7 +221,8 @@ def main() -> None:
     payload = {"latency": latency_part, "train": train_part, "proxies": proxies_part,
                "proxies-alone": lambda: proxies_part(alone=True), "frontier": lambda: frontier_part("figures"),
                "frontier-base": lambda: frontier_part("base"), "frontier-search": lambda: frontier_part("search"),
-               "latency-export": latency_export_part}.get(
+               "latency-export": latency_export_part, "latency-emov2": lambda: latency_part("emov2"),
+               "latency-export-emov2": lambda: latency_export_part("emov2")}.get(
         args.part, lambda: search_part(args.target_ms))()
     _merge(args.part, payload)
 
