@@ -14,7 +14,7 @@ from slimkit.errors import BadInputError
 app = typer.Typer(help="Hardware-aware NAS: latency tables measured here, a once-for-all supernet, evolutionary search.",
                   no_args_is_help=True)
 
-SPACE_ARG = typer.Argument(..., help="Built-in space (mbv2, tiny) or a space YAML file")
+SPACE_ARG = typer.Argument(..., help="Built-in space (mbv2, emov2, tiny, tiny_irmb) or a space YAML file")
 THREADS_OPT = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: torch's)")
 TRAIN_INFO = "search_train.json"
 
@@ -37,7 +37,7 @@ def spaces(show: Optional[str] = typer.Argument(None, help="Print this space as 
         return
     for name in SPACES.names():
         sp = load_space(name)
-        console().print(f"{name:6s} {sp.size():.3g} children  {SPACES.meta(name).get('description', '')}")
+        console().print(f"{name:9s} {sp.size():.3g} children  {SPACES.meta(name).get('description', '')}")
 
 
 @app.command("latency-table")

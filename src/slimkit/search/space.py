@@ -236,7 +236,7 @@ SPACES.add("tiny", {
 
 
 def load_space(spec: str | Path | SearchSpace) -> SearchSpace:
-    """A built-in space by name (`mbv2`, `tiny`) or a YAML/JSON file holding one."""
+    """A built-in space by name (`mbv2`, `emov2`, `tiny`, `tiny_irmb`) or a YAML/JSON file holding one."""
     if isinstance(spec, SearchSpace):
         return spec
     path = Path(str(spec)).expanduser()
