@@ -187,6 +187,8 @@ def frontier_part(step: str) -> dict:
     cfg = TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, seed=0)
     if step == "base":
         return {"baselines": fr.base_step(WORK, space, data, cfg)}
+    if step == "export":
+        return fr.measure_step(WORK, space, export_only=True)
     if step == "search":
         table = LatencyTable.load(WORK / "latency_table.json")
         found = fr.search_step(WORK, table, data, cfg, EvolutionConfig(population=16, generations=5, seed=0))
@@ -198,7 +200,7 @@ def frontier_part(step: str) -> dict:
 def frontier_figures(fr, space, data, cfg) -> dict:
     base = fr.base_step(WORK, space, data, cfg)  # cached: read back
     found = json.loads((WORK / "frontier" / "search.json").read_text())
-    lat = fr.measure_step(WORK, space, data)
+    lat = fr.measure_step(WORK, space)
     out = {"environment": environment(1), "train_samples": TRAIN_SAMPLES, "val_samples": VAL_SAMPLES,
            "epochs": EPOCHS, "search": {k: v for k, v in found.items() if k != "front"}, "latency": lat,
            "baselines": base, "front": found["front"], "dominance": {}}
@@ -213,7 +215,7 @@ def frontier_figures(fr, space, data, cfg) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["latency", "train", "search", "proxies", "proxies-alone", "frontier-base", "latency-export",
-                                         "latency-emov2", "latency-export-emov2",
+                                         "latency-emov2", "latency-export-emov2", "frontier-export",
                                          "frontier-search", "frontier"])
     parser.add_argument("--target-ms", type=float, default=None)
     args = parser.parse_args()
@@ -222,7 +224,8 @@ def main() -> None:
                "proxies-alone": lambda: proxies_part(alone=True), "frontier": lambda: frontier_part("figures"),
                "frontier-base": lambda: frontier_part("base"), "frontier-search": lambda: frontier_part("search"),
                "latency-export": latency_export_part, "latency-emov2": lambda: latency_part("emov2"),
-               "latency-export-emov2": lambda: latency_export_part("emov2")}.get(
+               "latency-export-emov2": lambda: latency_export_part("emov2"),
+               "frontier-export": lambda: frontier_part("export")}.get(
         args.part, lambda: search_part(args.target_ms))()
     _merge(args.part, payload)
 

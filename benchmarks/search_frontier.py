@@ -115,22 +115,28 @@ def search_step(work: Path, table, data, cfg, evolution) -> dict[str, Any]:
     return {"target_ms": target, "evaluated": res["evaluated"], "evolution": res["evolution"], "front": rows}
 
 
-def measure_step(work: Path, space, data, repetitions: int = 60, rounds: int = 10) -> dict[str, Any]:
-    """Latency of every baseline and front child, timed in one interleaved run (1 thread, batch 1)."""
+def measure_step(work: Path, space, repetitions: int = 200, rounds: int = 20,
+                 export_only: bool = False) -> dict[str, Any]:
+    """Latency of every baseline and front child, timed in one interleaved run (1 thread, batch 1); with
+    `export_only` just the (slow, verified) exports, kept for the timing run."""
     import torch
 
     from slimkit.search.child import ChildNet, child_spec
-    from slimkit.search.latency import measure_modules
+    from slimkit.search.latency import export_modules, measure_modules
     from slimkit.search.space import Arch
 
     res = max(space.resolutions)
-    front = json.loads((work / "frontier" / "search.json").read_text())["front"]
+    front = json.loads((work / "frontier" / "front.json").read_text())["confirmed"]  # the search's order
     torch.manual_seed(0)
     mods = {name: (make(), (space.in_chans, res, res)) for name, make in baselines(space, res).items()}
     for i, row in enumerate(front):
         arch = Arch.model_validate(row["arch"])
         mods[f"front {i}"] = (ChildNet(child_spec(space, arch)), (space.in_chans, arch.resolution, arch.resolution))
-    got = measure_modules(mods, 1, repetitions=repetitions, rounds=rounds)
+    onnx = work / "frontier" / "onnx"
+    onnx.mkdir(parents=True, exist_ok=True)
+    if export_only:
+        return {"exported": {k: str(p) for k, p in export_modules(mods, onnx).items()}}
+    got = measure_modules(mods, 1, repetitions=repetitions, rounds=rounds, export_dir=onnx)
     return {k: {"min_ms": v.min_ms, "median_ms": v.median_ms, "iqr_ms": v.iqr_ms} for k, v in got.items()}
 
 
