@@ -1,11 +1,16 @@
-"""slimkit search figures on the built-in `mbv2` space, sized for a shared 2-core CPU (about 20 min in all).
+"""slimkit search figures on the built-in `mbv2` space, sized for a shared 2-core CPU (about 1 h in all).
 
 Parts (each merges its section into benchmarks/results/search_bench.json):
 
   latency  the ONNX Runtime latency table of mbv2 (1 thread, batch 1, every part timed interleaved),
            its correction fitted on 12 children, then predicted vs measured on 50 other sampled children.
-           Timing: run it alone under the exclusive lock:
-             flock -x /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/search_bench.py latency
+           `latency-export` first writes the verified ONNX files (slow, any load); `latency` then only times,
+           alone (other jobs paused, or under flock -x). `latency-export-emov2` / `latency-emov2`: the same
+           for the EMOv2-like iRMB space.
+  frontier figure 1 of the issue (search_frontier.py): `frontier-base` trains the MobileNetV2 width-multiplier
+           baselines, `frontier-search` searches the supernet's front and retrains part of it alone (needs
+           `train` and `latency`), `frontier-export` exports everything, `frontier` times it all alone and
+           writes the figures and docs/search_frontier.png.
   train    the supernet on a Fashion-MNIST subset at 24/32 px (sandwich rule, in-place distillation,
            delayed shrinking), then children's top-1 without retraining (BN recalibrated) against the same
            architectures trained from scratch for the same epochs (BigNAS's claim).
