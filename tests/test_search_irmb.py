@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from cli_helpers import run_cli
 
-from test_search import _fake_accuracy, _randomize_bn, fake_table
+from test_search import assert_children_match_supernet, fake_table, search_twice
+from test_search_cli import train_small
 
 from slimkit.errors import BadInputError
-from slimkit.search.evolution import EvolutionConfig, evolve, mutate
+from slimkit.search.evolution import mutate
 from slimkit.search.irmb import attend, num_heads
 from slimkit.search.latency import arch_parts
 from slimkit.search.space import Arch, SearchSpace, load_space
-from slimkit.search.supernet import Supernet
 from slimkit.search.table import LatencyTable
 
 
@@ -65,17 +65,10 @@ def test_attend_matches_torch_sdpa():
 
 
 def test_extracted_child_matches_supernet_exactly(space):
-    net = Supernet(space)
-    _randomize_bn(net)
-    net.eval()
     rng = random.Random(3)
     archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(4)]
     assert any(True in sum(a.attention, []) for a in archs) and any(not any(sum(a.attention, [])) for a in archs)
-    for arch in archs:
-        net.set_active(arch)
-        x = torch.randn(3, 1, arch.resolution, arch.resolution, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            assert torch.equal(net(x), net.extract(arch).eval()(x))
+    assert_children_match_supernet(space, archs)
 
 
 def test_table_keys_by_hand_and_lookup(space, tmp_path):
@@ -95,12 +88,8 @@ def test_table_keys_by_hand_and_lookup(space, tmp_path):
 
 
 def test_search_is_deterministic_and_keeps_attention_valid(space):
-    table = fake_table(space)
-    target = table.predict_ms(space.largest()) * 0.8
-    runs = [evolve(space, _fake_accuracy, table.predict_ms, target, config=EvolutionConfig(8, 3, seed=7))
-            for _ in range(2)]
-    assert [c.arch.key() for c in runs[0]] == [c.arch.key() for c in runs[1]]
-    assert len({json.dumps(c.arch.attention) for c in runs[0]}) > 1
+    found, _ = search_twice(space)
+    assert len({json.dumps(c.arch.attention) for c in found}) > 1
     rng = random.Random(0)
     for _ in range(20):  # mutations (depth changes included) stay inside the space
         space.validate_arch(mutate(space, space.sample(rng), rng, 0.5))
@@ -109,11 +98,7 @@ def test_search_is_deterministic_and_keeps_attention_valid(space):
 def test_latency_table_train_run_end_to_end(monkeypatch, capsys, tmp_path):
     from slimkit.models import load_model
 
-    run = tmp_path / "run"
-    code, _, err = run_cli(monkeypatch, capsys, "search", "train", "tiny_irmb", "--data", "digits", "--epochs", "1",
-                           "--train-samples", "64", "--val-samples", "32", "--batch-size", "32", "--out", run,
-                           "--threads", "1")
-    assert code == 0, err
+    run = train_small(monkeypatch, capsys, "tiny_irmb", tmp_path / "run")
     code, out, err = run_cli(monkeypatch, capsys, "search", "latency-table", "tiny_irmb", "--threads", "1", "--out",
                              run / "latency_table.json", "--repetitions", "5", "--rounds", "1", "--calibrate", "3")
     assert code == 0, err
