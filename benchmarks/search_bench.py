@@ -204,16 +204,15 @@ def frontier_part(step: str) -> dict:
 
 def frontier_figures(fr, space, data, cfg) -> dict:
     base = fr.base_step(WORK, space, data, cfg)  # cached: read back
-    found = json.loads((WORK / "frontier" / "search.json").read_text())
+    info, front = fr.front_rows(WORK)
     lat = fr.measure_step(WORK, space)
     out = {"environment": environment(1), "train_samples": TRAIN_SAMPLES, "val_samples": VAL_SAMPLES,
-           "epochs": EPOCHS, "search": {k: v for k, v in found.items() if k != "front"}, "latency": lat,
-           "baselines": base, "front": found["front"], "dominance": {}}
+           "epochs": EPOCHS, "search": info, "latency": lat, "baselines": base, "front": front, "dominance": {}}
     for stat in ("min_ms", "median_ms"):
         for kind in ("retrained_top1", "supernet_top1"):
-            pts = [(lat[f"front {i}"][stat], r[kind]) for i, r in enumerate(found["front"]) if kind in r]
+            pts = [(lat[f"front {i}"][stat], r[kind]) for i, r in enumerate(front) if kind in r]
             out["dominance"][f"{kind}@{stat}"] = {n: fr.dominance(pts, lat[n][stat], b["top1"]) for n, b in base.items()}
-    fr.plot(ROOT_DOCS / "search_frontier.png", base, found["front"], lat, "min_ms")
+    fr.plot(ROOT_DOCS / "search_frontier.png", base, front, lat, "min_ms")
     return out
 
 

@@ -115,6 +115,21 @@ def search_step(work: Path, table, data, cfg, evolution) -> dict[str, Any]:
     return {"target_ms": target, "evaluated": res["evaluated"], "evolution": res["evolution"], "front": rows}
 
 
+def front_rows(work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The searched front (fastest first) with the retrained top-1 of the children retrained so far."""
+    res = json.loads((work / "frontier" / "front.json").read_text())
+    rows = []
+    for i, c in enumerate(res["confirmed"]):
+        row = {"arch": c["arch"], "supernet_top1": c["accuracy"], "predicted_ms": c["predicted_ms"]}
+        done = work / "frontier" / f"retrain_{i}.json"
+        if done.is_file():
+            row["retrained_top1"] = json.loads(done.read_text())
+        rows.append(row)
+    info = {"target_ms": res["target_ms"], "evaluated": res["evaluated"], "evolution": res["evolution"],
+            "val_samples": res["val_samples"]}
+    return info, rows
+
+
 def measure_step(work: Path, space, repetitions: int = 200, rounds: int = 20,
                  export_only: bool = False) -> dict[str, Any]:
     """Latency of every baseline and front child, timed in one interleaved run (1 thread, batch 1); with
