@@ -203,7 +203,7 @@ def frontier_part(step: str) -> dict:
 
 
 def frontier_figures(fr, space, data, cfg) -> dict:
-    base = fr.base_step(WORK, space, data, cfg)  # cached: read back
+    base = fr.base_step(WORK, space, data, cfg, train=False)  # the baselines trained by `frontier-base`
     info, front = fr.front_rows(WORK)
     lat = fr.measure_step(WORK, space)
     out = {"environment": environment(1), "train_samples": TRAIN_SAMPLES, "val_samples": VAL_SAMPLES,

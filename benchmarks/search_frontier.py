@@ -77,11 +77,14 @@ def _train_eval(net, data, cfg) -> dict[str, Any]:
             "params": sum(p.numel() for p in net.parameters()), "train_seconds": round(time.perf_counter() - start, 1)}
 
 
-def base_step(work: Path, space, data, cfg) -> dict[str, Any]:
+def base_step(work: Path, space, data, cfg, train: bool = True) -> dict[str, Any]:
+    """Each baseline's top-1, MACs and params (trained now unless cached; without `train` only the cached)."""
     import torch
 
     out = {}
     for name, make in baselines(space, max(space.resolutions)).items():
+        if not train and not (work / "frontier" / f"base_{name.replace(' ', '_')}.json").is_file():
+            continue
         def run(make=make):
             torch.manual_seed(cfg.seed)
             return _train_eval(make(), data, cfg)
@@ -172,13 +175,14 @@ def plot(path: Path, base: dict[str, Any], front: list[dict[str, Any]], lat: dic
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for prefix, color in (("torchvision", "tab:gray"), ("space", "tab:green")):
-        names = [n for n in base if n.startswith(prefix)]
+        names = [n for n in base if n.startswith(prefix) and n in lat]
         ax.plot([lat[n][stat] for n in names], [base[n]["top1"] * 100 for n in names], "s--", color=color,
                 label=f"{prefix} MobileNetV2 x0.35-1.0, trained alone")
     xs = [lat[f"front {i}"][stat] for i in range(len(front))]
     ax.plot(xs, [r["supernet_top1"] * 100 for r in front], "o-", color="tab:blue", label="searched front, supernet weights")
     kept = [(x, r["retrained_top1"] * 100) for x, r in zip(xs, front) if "retrained_top1" in r]
-    ax.plot(*zip(*kept), "D-", color="tab:red", label="searched front, retrained alone")
+    if kept:
+        ax.plot(*zip(*kept), "D-", color="tab:red", label="searched front, retrained alone")
     ax.set_xlabel(f"ONNX Runtime latency, {stat} per call (ms, 1 thread, batch 1)")
     ax.set_ylabel("Fashion-MNIST top-1 (%)")
     ax.grid(True, alpha=0.3)
