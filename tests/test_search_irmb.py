@@ -104,6 +104,8 @@ def test_latency_table_train_run_end_to_end(monkeypatch, capsys, tmp_path):
     assert code == 0, err
     table = LatencyTable.load(run / "latency_table.json")
     assert any("-a1-" in k for k in table.entries) and all(e["median_ms"] > 0 for e in table.entries.values())
+    code, out, _ = run_cli(monkeypatch, capsys, "search", "predict", run / "latency_table.json", "--threads", "1")
+    assert code == 0 and '"attention":[[false,false],[false,true]]' in out.replace("\n", "")  # not eaten as markup
     target = table.predict_ms(table.space.largest())
     code, out, err = run_cli(monkeypatch, capsys, "search", "run", run, "--latency", f"{target}ms", "--population", "4",
                              "--generations", "1", "--confirm", "1")

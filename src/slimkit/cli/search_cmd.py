@@ -93,7 +93,7 @@ def predict(table: Path = typer.Argument(..., help="Latency table (JSON)"),
     _warn_conditions(tab, threads)
     archs = [Arch.model_validate(json.loads(arch))] if arch else [tab.space.largest(), tab.space.smallest()]
     for a in archs:
-        console().print(f"{tab.predict_ms(tab.space.validate_arch(a)):.4f} ms  {a.key()}")
+        console().print(f"{tab.predict_ms(tab.space.validate_arch(a)):.4f} ms  {a.key()}", markup=False)  # JSON, not markup
 
 
 @app.command("pick")
