@@ -10,7 +10,7 @@ Parts (each merges its section into benchmarks/results/search_bench.json):
   frontier figure 1 of the issue (search_frontier.py): `frontier-base` trains the MobileNetV2 width-multiplier
            baselines, `frontier-search` searches the supernet's front and retrains part of it alone (needs
            `train` and `latency`), `frontier-export` exports everything, `frontier` times it all alone and
-           writes the figures and docs/search_frontier.png.
+           writes the figures and docs/search_frontier.png. `frontier-seed1`: the close ones again, seed 1.
   train    the supernet on a Fashion-MNIST subset at 24/32 px (sandwich rule, in-place distillation,
            delayed shrinking), then children's top-1 without retraining (BN recalibrated) against the same
            architectures trained from scratch for the same epochs (BigNAS's claim).
@@ -194,6 +194,8 @@ def frontier_part(step: str) -> dict:
     cfg = TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, seed=0)
     if step == "base":
         return {"baselines": fr.base_step(WORK, space, data, cfg)}
+    if step == "seed1":
+        return fr.seed_step(WORK, space, data, TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, seed=1))
     if step == "export":
         return fr.measure_step(WORK, space, export_only=True)
     if step == "search":
@@ -222,6 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["latency", "train", "search", "proxies", "proxies-alone", "frontier-base", "latency-export",
                                          "latency-emov2", "latency-export-emov2", "frontier-export",
+                                         "frontier-seed1",
                                          "frontier-search", "frontier"])
     parser.add_argument("--target-ms", type=float, default=None)
     args = parser.parse_args()
@@ -231,7 +234,8 @@ def main() -> None:
                "frontier-base": lambda: frontier_part("base"), "frontier-search": lambda: frontier_part("search"),
                "latency-export": latency_export_part, "latency-emov2": lambda: latency_part("emov2"),
                "latency-export-emov2": lambda: latency_export_part("emov2"),
-               "frontier-export": lambda: frontier_part("export")}.get(
+               "frontier-export": lambda: frontier_part("export"),
+               "frontier-seed1": lambda: frontier_part("seed1")}.get(
         args.part, lambda: search_part(args.target_ms))()
     _merge(args.part, payload)
 

@@ -118,6 +118,32 @@ def search_step(work: Path, table, data, cfg, evolution) -> dict[str, Any]:
     return {"target_ms": target, "evaluated": res["evaluated"], "evolution": res["evolution"], "front": rows}
 
 
+def seed_step(work: Path, space, data, cfg) -> dict[str, Any]:
+    """The close comparisons again with another seed (cfg.seed): the space-layout baselines and the retrained
+    front children (same subset and validation images; only initialisation and batch order change)."""
+    import torch
+
+    from slimkit.search.evaluate import train_alone
+    from slimkit.search.space import Arch
+
+    out = {}
+    for name, make in baselines(space, max(space.resolutions)).items():
+        if name.startswith("space"):
+            def run(make=make):
+                torch.manual_seed(cfg.seed)
+                return _train_eval(make(), data, cfg)["top1"]
+
+            out[name] = _cached(work / "frontier" / f"seed{cfg.seed}_{name.replace(' ', '_')}.json", run)
+            print(name, out[name], flush=True)
+    for i, row in enumerate(front_rows(work)[1]):
+        if "retrained_top1" in row:
+            arch = Arch.model_validate(row["arch"])
+            out[f"front {i}"] = _cached(work / "frontier" / f"seed{cfg.seed}_retrain_{i}.json",
+                                        lambda arch=arch: train_alone(space, arch, data, cfg))
+            print(i, out[f"front {i}"], flush=True)
+    return {"seed": cfg.seed, "top1": out}
+
+
 def front_rows(work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The searched front (fastest first) with the retrained top-1 of the children retrained so far."""
     res = json.loads((work / "frontier" / "front.json").read_text())
