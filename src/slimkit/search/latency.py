@@ -24,7 +24,7 @@ from slimkit.errors import BadInputError
 from slimkit.search.child import ChildNet, MBBlock, _conv_bn, child_spec
 from slimkit.search.space import Arch, SearchSpace
 
-__all__ = ["space_parts", "arch_parts", "part_module", "measure_modules", "measure_archs", "measure_children",
+__all__ = ["space_parts", "arch_parts", "part_module", "measure_modules", "module_runners", "time_runners", "measure_archs", "measure_children",
            "condition_mismatches",
            "error_summary", "fit_line"]
 
@@ -112,25 +112,40 @@ class Measured:
                 "repetitions": self.repetitions}
 
 
-def measure_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], threads: int, *,
-                    repetitions: int = 40, rounds: int = 5, progress: Any = None) -> dict[str, Measured]:
-    """Export each module (verified) and time all of them in ONNX Runtime, interleaved round by round."""
+def module_runners(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], threads: int, *,
+                   progress: Any = None) -> dict[str, Any]:
+    """Export each module (verified) and open it in ONNX Runtime: name -> zero-argument runner on a fixed input.
+    Exporting is the slow half of a table build; it is apart from the timing so a caller can hold a CPU lock
+    for the timing only."""
     from slimkit.deploy.onnx_export import export_onnx
     from slimkit.deploy.runtime import open_runner
-    from slimkit.profile.timing import measure_interleaved
 
-    candidates = {}
+    runners = {}
     with tempfile.TemporaryDirectory(prefix="slimkit-lat-") as tmp:
         for i, (name, (module, size)) in enumerate(modules.items()):
             module.eval()
             path = export_onnx(module, size, Path(tmp) / f"m{i}.onnx", dynamic_batch=False).path
-            run = open_runner("onnx", path, threads)
+            run = open_runner("onnx", path, threads)  # the session holds the graph: the file may go
             x = np.random.default_rng(i).standard_normal((1, *size)).astype(np.float32)
-            candidates[name] = lambda run=run, x=x: run(x)
+            runners[name] = lambda run=run, x=x: run(x)
             if progress is not None:
                 progress()
-        timings = measure_interleaved(candidates, warmup=5, repetitions=repetitions, rounds=rounds)
+    return runners
+
+
+def time_runners(runners: dict[str, Any], *, repetitions: int = 40, rounds: int = 5) -> dict[str, Measured]:
+    """Time runners interleaved round by round (median, IQR, p90, min per call in ms)."""
+    from slimkit.profile.timing import measure_interleaved
+
+    timings = measure_interleaved(runners, warmup=5, repetitions=repetitions, rounds=rounds)
     return {k: Measured(t.median, t.iqr, t.p90, t.min, t.repetitions) for k, t in timings.items()}
+
+
+def measure_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], threads: int, *,
+                    repetitions: int = 40, rounds: int = 5, progress: Any = None) -> dict[str, Measured]:
+    """Export each module (verified) and time all of them in ONNX Runtime, interleaved round by round."""
+    runners = module_runners(modules, threads, progress=progress)
+    return time_runners(runners, repetitions=repetitions, rounds=rounds)
 
 
 def _cpu() -> dict[str, Any]:

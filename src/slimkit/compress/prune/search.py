@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,9 +20,9 @@ import torch.nn as nn
 
 from slimkit.compress.prune.adapters import clear_caches
 from slimkit.compress.prune.measure import count_macs, count_params, ort_runner
-from slimkit.compress.prune.structured import Plan, allocate, apply_plan
+from slimkit.compress.prune.structured import Plan, allocate, apply_plan, removed_channels
 
-__all__ = ["Trial", "estimate", "search_structural", "search_latency", "build_trial"]
+__all__ = ["Trial", "estimate", "search_structural", "search_latency", "search_latency_table", "build_trial"]
 
 log = logging.getLogger(__name__)
 INNER_TOLERANCE = 0.02
@@ -38,19 +37,19 @@ class Trial:
     macs: int
     params: int
     ratio: float  # measured quantity / original
+    predicted: float | None = None  # the latency table's predicted latency ratio (allocation latency-table)
 
     def summary(self) -> dict:
-        return {"level": round(self.level, 5), "round_to": self.round_to, "ratio": round(self.ratio, 5),
-                "macs": self.macs, "params": self.params}
+        out = {"level": round(self.level, 5), "round_to": self.round_to, "ratio": round(self.ratio, 5),
+               "macs": self.macs, "params": self.params}
+        if self.predicted is not None:
+            out["predicted"] = round(self.predicted, 5)
+        return out
 
 
 def estimate(plan: Plan, keeps: list[int], stats: dict[str, dict], base: dict[str, int]) -> dict[str, float]:
     """Estimated MACs and params after pruning (conv/linear/norm widths; the rest unchanged)."""
-    removed: dict[tuple[str, str], float] = defaultdict(float)
-    for g, keep in zip(plan.groups, keeps):
-        frac = (g.size - keep) / g.size
-        for name, kind, count in g.dims:
-            removed[(name, kind)] += count * frac
+    removed = removed_channels(plan, keeps)
     macs = base["macs"] - sum(s["macs"] for s in stats.values())
     params = base["params"] - sum(s["params"] for s in stats.values())
     for name, s in stats.items():
@@ -130,7 +129,8 @@ def search_latency(model, x, plan, base, ratio, cfg, roundings, check, steps: in
         lo, hi = 0.0, cfg.max_layer_prune
         for _ in range(steps):
             level = (lo + hi) / 2
-            trial = _latency_trial(model, x, plan, cfg, round_to, level, reference, base, check)
+            keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
+            trial = _latency_trial(model, x, plan, cfg, keeps, round_to, level, reference, check)
             trials.append(trial)
             if trial.ratio <= ratio:
                 hi = level
@@ -146,10 +146,29 @@ def search_latency(model, x, plan, base, ratio, cfg, roundings, check, steps: in
     return max(meeting, key=lambda t: t.macs), trials
 
 
-def _latency_trial(model, x, plan, cfg, round_to, level, reference, base, check) -> Trial:
+def search_latency_table(model, x, plan, ratio, cfg, path, check, tries: int = 3) -> tuple[Trial, list[Trial]]:
+    """Latency target on a per-layer latency table: the table's path gives the cut predicted at the target,
+    a real pruned copy timed interleaved with the original confirms it, and the goal is corrected by each
+    measured miss (measured / predicted) for up to `tries` measurements."""
+    reference = ort_runner(model, x, cfg.latency_threads)
+    goal, trials = ratio, []
+    for _ in range(tries):
+        keeps, predicted = path.point(goal)
+        if any(t.keeps == keeps for t in trials):
+            break
+        trial = _latency_trial(model, x, plan, cfg, keeps, cfg.round_to or 1, 1.0 - predicted, reference, check)
+        trial.predicted = predicted
+        trials.append(trial)
+        if abs(trial.ratio / ratio - 1) <= INNER_TOLERANCE:
+            break
+        goal = min(max(goal * ratio / trial.ratio, 1e-3), 1.0)
+    meeting = [t for t in trials if t.ratio <= ratio * (1 + cfg.tolerance)]
+    return (max(meeting, key=lambda t: t.macs) if meeting else min(trials, key=lambda t: t.ratio)), trials
+
+
+def _latency_trial(model, x, plan, cfg, keeps, round_to, level, reference, check) -> Trial:
     from slimkit.profile.timing import measure_interleaved
 
-    keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
     pruned = build_trial(model, x, plan, keeps)
     check(pruned)
     cand = ort_runner(pruned, x, cfg.latency_threads)
