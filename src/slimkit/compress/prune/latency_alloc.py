@@ -32,9 +32,12 @@ class LatencyPath:
     table: LayerTable
     points: list[tuple[list[int], float]]  # kept slots per group, predicted latency ratio (from 1.0 down)
 
-    def point(self, ratio: float) -> tuple[list[int], float]:
+    def index(self, ratio: float) -> int:
         """The first point on the path predicted at or below `ratio` (the last when none is)."""
-        return next((p for p in self.points if p[1] <= ratio + 1e-12), self.points[-1])
+        return next((i for i, p in enumerate(self.points) if p[1] <= ratio + 1e-12), len(self.points) - 1)
+
+    def point(self, ratio: float) -> tuple[list[int], float]:
+        return self.points[self.index(ratio)]
 
     def at(self, level: float) -> list[int]:
         """Kept slots for pruning `level` = fraction of the predicted whole-model latency removed."""

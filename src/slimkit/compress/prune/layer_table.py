@@ -107,6 +107,14 @@ class LayerTable:
             total += self.net_ms(name, ci, co) - self.net_ms(name, spec["in"], spec["out"])
         return total
 
+    def predict_model_ms(self, model, example_inputs) -> float:
+        """Predicted latency of `model` (this table's model, pruned to any widths)."""
+        here = layer_specs(model, example_inputs)
+        missing = sorted(set(here) - set(self.layers))
+        if missing:
+            raise BadInputError(f"latency table has no layer {missing[0]}: it was built for another model")
+        return self.predict_ms({n: (s["in"], s["out"]) for n, s in here.items()})
+
     def check(self, model, example_inputs, threads: int, where: str = "latency table") -> list[str]:
         """BadInputError when the table was built for another model, input shape or thread count; a loud warning
         (and the returned notes) when it was measured on another CPU or ONNX Runtime version."""

@@ -146,22 +146,29 @@ def search_latency(model, x, plan, base, ratio, cfg, roundings, check, steps: in
     return max(meeting, key=lambda t: t.macs), trials
 
 
-def search_latency_table(model, x, plan, ratio, cfg, path, check, tries: int = 3) -> tuple[Trial, list[Trial]]:
-    """Latency target on a per-layer latency table: the table's path gives the cut predicted at the target,
-    a real pruned copy timed interleaved with the original confirms it, and the goal is corrected by each
-    measured miss (measured / predicted) for up to `tries` measurements."""
+def search_latency_table(model, x, plan, ratio, cfg, path, check, tries: int = 4) -> tuple[Trial, list[Trial]]:
+    """Latency target on a per-layer latency table: the point of the table's path predicted at the target is
+    pruned and timed interleaved with the original; each measured miss rescales the prediction (measured /
+    predicted) to pick the next point, kept inside the measured bracket, for up to `tries` measurements."""
     reference = ort_runner(model, x, cfg.latency_threads)
-    goal, trials = ratio, []
+    points, trials, tried = path.points, [], set()
+    lo, hi = 0, len(path.points)  # path indices measured slower than the target / at or below it (exclusive)
+    i = path.index(ratio)
     for _ in range(tries):
-        keeps, predicted = path.point(goal)
-        if any(t.keeps == keeps for t in trials):
-            break
-        trial = _latency_trial(model, x, plan, cfg, keeps, cfg.round_to or 1, 1.0 - predicted, reference, check)
+        keeps, predicted = points[i]
+        trial = _latency_trial(model, x, plan, cfg, list(keeps), cfg.round_to or 1, 1.0 - predicted, reference, check)
         trial.predicted = predicted
         trials.append(trial)
+        tried.add(i)
         if abs(trial.ratio / ratio - 1) <= INNER_TOLERANCE:
             break
-        goal = min(max(goal * ratio / trial.ratio, 1e-3), 1.0)
+        lo, hi = (max(lo, i), hi) if trial.ratio > ratio else (lo, min(hi, i))
+        nxt = min(max(path.index(predicted * ratio / trial.ratio), lo + 1), hi - 1)
+        if nxt in tried:
+            nxt = (lo + hi) // 2
+        if nxt in tried or not lo < nxt < hi:
+            break
+        i = nxt
     meeting = [t for t in trials if t.ratio <= ratio * (1 + cfg.tolerance)]
     return (max(meeting, key=lambda t: t.macs) if meeting else min(trials, key=lambda t: t.ratio)), trials
 
