@@ -90,6 +90,20 @@ def test_greedy_path_by_hand():
     assert path.at(0.2) == [8, 16] and path.at(0.3) == [8, 8] and path.at(0.0) == [16, 16]
 
 
+def test_a_channel_carrying_more_macs_loses_more():
+    """The hand-made path's groups with MACs per slot 2 (A) and 1 (B): a slot's loss is its score times its MACs
+    over the mean group's (4/3 and 2/3), so B's 4.1 ms per 5.33 now beats A's 4.5 ms per 10.67."""
+    conv = {"op": "conv2d", "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1,
+            "depthwise": False, "bias": True, "hw": [8, 8]}
+    layers = {"a": {**conv, "in": 3, "out": 16}, "b": {**conv, "in": 16, "out": 16}}
+    costs = {("a", 3, 16): 4.0, ("a", 3, 8): 2.5, ("b", 16, 16): 10.0, ("b", 16, 8): 6.0, ("b", 8, 16): 7.0}
+    entries = {spec_key(layers[n], ci, co): _ms(v) for (n, ci, co), v in costs.items()}
+    table = LayerTable(conditions(1, 1, 1), [1, 3, 8, 8], layers, entries, _ms(0.0), _ms(20.0), dict(DEFAULT_GRID))
+    a, b = _group("a", 16, [("a", "out", 16), ("b", "in", 16)]), _group("b", 16, [("b", "out", 16)])
+    a.cost, b.cost = 2.0, 1.0
+    assert [p[0] for p in latency_path(Plan([a, b]), table, 8, 0.9).points] == [[16, 16], [16, 8], [8, 8]]
+
+
 def test_importance_weighs_against_latency():
     """The same two groups; B's lowest half is worth almost nothing, so B's 4.1 ms per 0.08 wins over A."""
     conv = {"op": "conv2d", "kernel": [1, 1], "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1,
@@ -104,9 +118,9 @@ def test_importance_weighs_against_latency():
 
 
 def test_expensive_layer_is_cut_first(tmp_path):
-    """A fake table where layer 0 (the first conv) costs 100x per channel: its group alone is cut."""
+    """A fake table where layer 0 (the first conv) costs 1000x per channel: its group alone is cut."""
     model = _net()
-    table = _fake_table(model, lambda n, ci, co: _macs_like(n, ci, co) * (100 if n == "0" else 1))
+    table = _fake_table(model, lambda n, ci, co: _macs_like(n, ci, co) * (1000 if n == "0" else 1))
     path = table.save(tmp_path / "t.json")
     result = prune_(model, PruneConfig(target=None, ratio=0.3, allocation="latency-table", latency_table=str(path)), X)
     kept = {n: k["after"] for n, k in result.kept.items()}

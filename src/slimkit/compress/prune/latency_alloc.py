@@ -1,8 +1,9 @@
 """Allocation `latency-table`: per-layer widths chosen by the latency they save per unit of importance lost.
 
 From the unpruned model, each step cuts one group down to a lower width timed in the model's per-layer
-latency table (prune.layer_table): the move with the most predicted milliseconds saved per unit of channel
-importance lost (the group's lowest normalised scores, as the global ranking counts them) wins. Widths
+latency table (prune.layer_table): the move with the most predicted milliseconds saved per unit of importance
+lost wins (a channel's importance: its score over its group's mean, as the global ranking counts it, times
+the MACs it carries, so that where latency follows MACs the order is the global ranking's). Widths
 come from the table's grid, so every chosen width is one the table measured (multiples of 8 or 16, where
 the CPU kernels are fast). The steps make a path from the full model to the floor; a pruning level reads
 as the fraction of the predicted whole-model latency removed, so every search over levels (MACs, params,
@@ -69,9 +70,13 @@ def _candidates(g: GroupPlan, table: LayerTable, round_to: int, max_layer_prune:
     return sorted({s for s in slots if floor <= s < g.size}, reverse=True)
 
 
-def _importance_lost(g: GroupPlan) -> list[float]:
-    """lost[r]: importance of the r lowest-scored slots (scores over the group mean, times channels per slot)."""
-    s = torch.sort(g.imp / g.imp.mean().clamp(min=1e-12)).values * g.ch_groups
+def _importance_lost(g: GroupPlan, mean_cost: float) -> list[float]:
+    """lost[r]: what cutting the r lowest-scored slots loses: each slot's score over the group mean, times the
+    MACs it carries (over the mean group's). Where every layer's latency is proportional to its MACs, the
+    best latency per loss is then the global ranking's order; the table moves the cut to where a MAC costs
+    more time than elsewhere (small maps, memory-bound ops, widths off the kernels' blocking)."""
+    weight = max(g.cost / mean_cost, 1e-3) if mean_cost > 0 else float(g.ch_groups)
+    s = torch.sort(g.imp / g.imp.mean().clamp(min=1e-12)).values * weight
     return [0.0] + torch.cumsum(s, 0).tolist()
 
 
@@ -94,7 +99,8 @@ def latency_path(plan: Plan, table: LayerTable, round_to: int, max_layer_prune: 
     groups = plan.groups
     keeps = [g.size for g in groups]
     cands = [_candidates(g, table, round_to, max_layer_prune) for g in groups]
-    lost = [_importance_lost(g) for g in groups]
+    mean_cost = sum(g.cost for g in groups) / max(len(groups), 1)
+    lost = [_importance_lost(g, mean_cost) for g in groups]
     removed: dict[tuple[str, str], float] = defaultdict(float)
     current = table.whole_ms
     points = [(list(keeps), 1.0)]
