@@ -190,3 +190,18 @@ def test_a_file_that_is_not_a_table_is_refused(tmp_path):
     bad.write_text(json.dumps({"format": "slimkit-latency-table"}))
     with pytest.raises(BadInputError, match="not a slimkit per-layer latency table"):
         LayerTable.load(bad)
+
+
+@pytest.mark.slow
+def test_built_table_times_every_op_and_reads_back(tmp_path):
+    """A real build (export, ONNX Runtime, interleaved): every op of the grid, the overhead and the whole model."""
+    from slimkit.compress.prune.layer_ops import build_layer_table
+
+    model = _net().eval()
+    table = build_layer_table(model, X, 1, repetitions=2, rounds=1)
+    assert set(table.entries) == set(table_ops(layer_specs(model, X), DEFAULT_GRID))
+    assert table.conditions["threads"] == 1 and table.input == [1, 3, 8, 8] and table.whole_ms > 0
+    back = LayerTable.load(table.save(tmp_path / "t.json"))
+    assert all(back.lookup(k) == e["median_ms"] for k, e in table.entries.items())
+    assert back.check(model, X, 1) == []  # same model, input, threads and machine: no complaint
+    assert back.predict_model_ms(model, X) == pytest.approx(back.whole_ms)
