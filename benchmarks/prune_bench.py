@@ -109,7 +109,13 @@ LT_METHODS = {  # row name -> PruneConfig arguments at reduction R (l2 scores ev
     "global@latency": lambda r, t: dict(target=f"latency={1 / r}", round_to=8, closest=True),
     "latency-table@latency": lambda r, t: dict(target=f"latency={1 / r}", allocation="latency-table", latency_table=t,
                                                closest=True),
+    # Side rows: the MACs-chosen ranking at widths of 16 (the kernels' blocking here), and the table with a
+    # higher floor per layer (every group keeps >= 25%).
+    "global-r16@macs": lambda r, t: dict(target=f"macs={1 / r}", round_to=16),
+    "latency-table-floor25@macs": lambda r, t: dict(target=f"macs={1 / r}", allocation="latency-table",
+                                                    latency_table=t, max_layer_prune=0.75),
 }
+MAIN_METHODS = ["global@macs", "latency-table@macs", "global@latency", "latency-table@latency"]
 
 
 def latency_table_rows(args) -> dict:
@@ -225,7 +231,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/prune_bench.json"))
     p.add_argument("--latency-table", action="store_true", help="the rows of allocation latency-table (see above)")
-    p.add_argument("--methods", nargs="+", default=list(LT_METHODS), choices=list(LT_METHODS))
+    p.add_argument("--methods", nargs="+", default=MAIN_METHODS, choices=list(LT_METHODS))
     p.add_argument("--table-dir", type=Path, default=Path("runs/prune_bench_tables"))
     p.add_argument("--time-only", action="store_true", help="random init, no training: latency rows without accuracy")
     args = p.parse_args()
