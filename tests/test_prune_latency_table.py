@@ -205,3 +205,21 @@ def test_built_table_times_every_op_and_reads_back(tmp_path):
     assert all(back.lookup(k) == e["median_ms"] for k, e in table.entries.items())
     assert back.check(model, X, 1) == []  # same model, input, threads and machine: no complaint
     assert back.predict_model_ms(model, X) == pytest.approx(back.whole_ms)
+
+
+def test_latency_target_corrects_the_prediction_by_the_measured_miss(monkeypatch):
+    """A table 20% optimistic: the point predicted at 0.6 measures 0.72; rescaled, the next point (predicted
+    0.5) measures 0.6, within 2% of the target: two measurements, the second kept."""
+    import slimkit.compress.prune.search as search
+    from slimkit.compress.prune.latency_alloc import LatencyPath
+
+    path = LatencyPath(None, [([i], 1.0 - i / 10) for i in range(7)])
+
+    def timed(model, x, plan, cfg, keeps, round_to, level, reference, check):
+        return search.Trial(level, round_to, keeps, 100 - keeps[0], 0, (1.0 - keeps[0] / 10) * 1.2)
+
+    monkeypatch.setattr(search, "ort_runner", lambda *a: None)
+    monkeypatch.setattr(search, "_timed_trial", timed)
+    best, trials = search.search_latency_table(None, None, None, 0.6, PruneConfig(target="latency=0.6"), path, None)
+    assert [t.keeps for t in trials] == [[4], [5]] and best.keeps == [5]
+    assert [t.predicted for t in trials] == pytest.approx([0.6, 0.5]) and best.ratio == pytest.approx(0.6)

@@ -129,8 +129,7 @@ def search_latency(model, x, plan, base, ratio, cfg, roundings, check, steps: in
         lo, hi = 0.0, cfg.max_layer_prune
         for _ in range(steps):
             level = (lo + hi) / 2
-            keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
-            trial = _latency_trial(model, x, plan, cfg, keeps, round_to, level, reference, check)
+            trial = _latency_trial(model, x, plan, cfg, round_to, level, reference, base, check)
             trials.append(trial)
             if trial.ratio <= ratio:
                 hi = level
@@ -156,7 +155,7 @@ def search_latency_table(model, x, plan, ratio, cfg, path, check, tries: int = 4
     i = path.index(ratio)
     for _ in range(tries):
         keeps, predicted = points[i]
-        trial = _latency_trial(model, x, plan, cfg, list(keeps), cfg.round_to or 1, 1.0 - predicted, reference, check)
+        trial = _timed_trial(model, x, plan, cfg, list(keeps), cfg.round_to or 1, 1.0 - predicted, reference, check)
         trial.predicted = predicted
         trials.append(trial)
         tried.add(i)
@@ -173,7 +172,13 @@ def search_latency_table(model, x, plan, ratio, cfg, path, check, tries: int = 4
     return (max(meeting, key=lambda t: t.macs) if meeting else min(trials, key=lambda t: t.ratio)), trials
 
 
-def _latency_trial(model, x, plan, cfg, keeps, round_to, level, reference, check) -> Trial:
+def _latency_trial(model, x, plan, cfg, round_to, level, reference, base, check) -> Trial:
+    keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
+    return _timed_trial(model, x, plan, cfg, keeps, round_to, level, reference, check)
+
+
+def _timed_trial(model, x, plan, cfg, keeps, round_to, level, reference, check) -> Trial:
+    """Prune a copy to `keeps`, run it, and time it interleaved with the original (`reference`)."""
     from slimkit.profile.timing import measure_interleaved
 
     pruned = build_trial(model, x, plan, keeps)
