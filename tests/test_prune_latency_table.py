@@ -65,6 +65,18 @@ def test_lookup_reproduces_stored_figures_and_round_trips(tmp_path):
     assert back.net_ms("3", 16, 20) == pytest.approx((16 * 16 / 100 + 16 * 24 / 100) / 2 - 0.5)
 
 
+CONV = {"op": "conv2d", "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1,
+        "depthwise": False, "bias": True, "hw": [8, 8]}
+A_B = {"a": {**CONV, "in": 3, "out": 16}, "b": {**CONV, "in": 16, "out": 16}}
+A_B_COSTS = {("a", 3, 16): 4.0, ("a", 3, 8): 2.5, ("b", 16, 16): 10.0, ("b", 16, 8): 6.0, ("b", 8, 16): 7.0}
+
+
+def _hand_table(layers: dict, costs: dict) -> LayerTable:
+    """A table holding exactly `costs` ((layer, in, out) -> ms), no overhead, the whole model at 20 ms."""
+    entries = {spec_key(layers[n], ci, co): _ms(v) for (n, ci, co), v in costs.items()}
+    return LayerTable(conditions(1, 1, 1), [1, 3, 8, 8], layers, entries, _ms(0.0), _ms(20.0), dict(DEFAULT_GRID))
+
+
 def _group(root, size, dims, imp=None) -> GroupPlan:
     return GroupPlan(root, True, 1, size, torch.ones(size) if imp is None else imp, dims)
 
@@ -72,14 +84,8 @@ def _group(root, size, dims, imp=None) -> GroupPlan:
 def test_greedy_path_by_hand():
     """Two groups of 16 (equal scores): A cuts layer a's output and b's input, B cuts b's output and fc's input.
     Costs: a(3,16)=4, a(3,8)=2.5; b(16,16)=10, b(16,8)=6, b(8,16)=7; fc(16,10)=1, fc(8,10)=0.9; whole 20."""
-    conv = {"op": "conv2d", "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1,
-            "depthwise": False, "bias": True, "hw": [8, 8]}
-    layers = {"a": {**conv, "in": 3, "out": 16}, "b": {**conv, "in": 16, "out": 16},
-              "fc": {"op": "linear", "in": 16, "out": 10, "bias": True, "rows": 1}}
-    costs = {("a", 3, 16): 4.0, ("a", 3, 8): 2.5, ("b", 16, 16): 10.0, ("b", 16, 8): 6.0, ("b", 8, 16): 7.0,
-             ("fc", 16, 10): 1.0, ("fc", 8, 10): 0.9}
-    entries = {spec_key(layers[n], ci, co): _ms(v) for (n, ci, co), v in costs.items()}
-    table = LayerTable(conditions(1, 1, 1), [1, 3, 8, 8], layers, entries, _ms(0.0), _ms(20.0), dict(DEFAULT_GRID))
+    layers = {**A_B, "fc": {"op": "linear", "in": 16, "out": 10, "bias": True, "rows": 1}}
+    table = _hand_table(layers, {**A_B_COSTS, ("fc", 16, 10): 1.0, ("fc", 8, 10): 0.9})
     plan = Plan([_group("a", 16, [("a", "out", 16), ("b", "in", 16)]),
                  _group("b", 16, [("b", "out", 16), ("fc", "in", 16)])])
     path = latency_path(plan, table, 8, 0.9)
@@ -93,12 +99,7 @@ def test_greedy_path_by_hand():
 def test_a_channel_carrying_more_macs_loses_more():
     """The hand-made path's groups with MACs per slot 2 (A) and 1 (B): a slot's loss is its score times its MACs
     over the mean group's (4/3 and 2/3), so B's 4.1 ms per 5.33 now beats A's 4.5 ms per 10.67."""
-    conv = {"op": "conv2d", "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1,
-            "depthwise": False, "bias": True, "hw": [8, 8]}
-    layers = {"a": {**conv, "in": 3, "out": 16}, "b": {**conv, "in": 16, "out": 16}}
-    costs = {("a", 3, 16): 4.0, ("a", 3, 8): 2.5, ("b", 16, 16): 10.0, ("b", 16, 8): 6.0, ("b", 8, 16): 7.0}
-    entries = {spec_key(layers[n], ci, co): _ms(v) for (n, ci, co), v in costs.items()}
-    table = LayerTable(conditions(1, 1, 1), [1, 3, 8, 8], layers, entries, _ms(0.0), _ms(20.0), dict(DEFAULT_GRID))
+    table = _hand_table(A_B, A_B_COSTS)
     a, b = _group("a", 16, [("a", "out", 16), ("b", "in", 16)]), _group("b", 16, [("b", "out", 16)])
     a.cost, b.cost = 2.0, 1.0
     assert [p[0] for p in latency_path(Plan([a, b]), table, 8, 0.9).points] == [[16, 16], [16, 8], [8, 8]]
@@ -106,12 +107,7 @@ def test_a_channel_carrying_more_macs_loses_more():
 
 def test_importance_weighs_against_latency():
     """The same two groups; B's lowest half is worth almost nothing, so B's 4.1 ms per 0.08 wins over A."""
-    conv = {"op": "conv2d", "kernel": [1, 1], "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1,
-            "depthwise": False, "bias": False, "hw": [4, 4]}
-    layers = {"a": {**conv, "in": 3, "out": 16}, "b": {**conv, "in": 16, "out": 16}}
-    costs = {("a", 3, 16): 4.0, ("a", 3, 8): 2.5, ("b", 16, 16): 10.0, ("b", 16, 8): 6.0, ("b", 8, 16): 7.0}
-    entries = {spec_key(layers[n], ci, co): _ms(v) for (n, ci, co), v in costs.items()}
-    table = LayerTable(conditions(1, 1, 1), [1, 3, 4, 4], layers, entries, _ms(0.0), _ms(20.0), dict(DEFAULT_GRID))
+    table = _hand_table(A_B, A_B_COSTS)
     imp_b = torch.tensor([0.01] * 8 + [1.99] * 8)
     plan = Plan([_group("a", 16, [("a", "out", 16), ("b", "in", 16)]), _group("b", 16, [("b", "out", 16)], imp_b)])
     assert latency_path(plan, table, 8, 0.9).points[1][0] == [16, 8]

@@ -23,7 +23,7 @@ DEFAULT_GRID = {"step": 8, "points": 16, "max_layer_prune": 0.9}
 
 def layer_specs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, dict[str, Any]]:
     """Every conv2d / linear layer the model runs on `example_inputs` (batch 1), with the shape of its input."""
-    from slimkit.compress.prune.adapters import clear_caches
+    from slimkit.compress.prune.structured import hooked_forward
     from slimkit.utils.modes import eval_mode
 
     specs: dict[str, dict[str, Any]] = {}
@@ -42,14 +42,8 @@ def layer_specs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, dic
             specs[names[m]] = {"op": "linear", "in": m.in_features, "out": m.out_features, "bias": m.bias is not None,
                                "rows": t.numel() // m.in_features}
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(example_inputs[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    clear_caches(model)
+    with eval_mode(model):
+        hooked_forward(model, example_inputs, (nn.Conv2d, nn.Linear), hook)
     return specs
 
 
