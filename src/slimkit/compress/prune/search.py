@@ -5,7 +5,8 @@ pruned copies are measured and the estimate's goal is corrected by the measured 
 steps) until the measured ratio is within 2% of the target, or the best of a few tries is kept.
 Latency: bisection directly on ONNX Runtime latency ratios of real pruned copies, timed
 interleaved with the original; each candidate rounding is searched and the one that meets the
-target while keeping the most MACs wins.
+target while keeping the most MACs wins. With a per-layer latency table (allocation latency-table) the
+table predicts the cut and a few measured copies correct it (search_latency_table).
 """
 
 from __future__ import annotations
