@@ -26,9 +26,8 @@ from slimkit.search.child import ChildNet, MBBlock, _conv_bn, child_spec
 from slimkit.search.irmb import IRMBBlock
 from slimkit.search.space import Arch, SearchSpace
 
-__all__ = ["space_parts", "arch_parts", "part_module", "measure_modules", "measure_archs", "measure_children",
-           "condition_mismatches",
-           "error_summary", "fit_line"]
+__all__ = ["space_parts", "arch_parts", "part_module", "export_modules", "module_runners", "time_runners",
+           "measure_modules", "measure_archs", "measure_children", "condition_mismatches", "error_summary", "fit_line"]
 
 log = logging.getLogger(__name__)
 
@@ -137,23 +136,38 @@ def export_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], d
     return paths
 
 
+def module_runners(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], threads: int, *,
+                   progress: Any = None, export_dir: str | Path | None = None) -> dict[str, Any]:
+    """Export each module (verified; reusing `export_dir`'s files) and open it in ONNX Runtime: name ->
+    zero-argument runner on a fixed input. Exporting is the slow half of a table build; it is apart from the
+    timing so a caller can hold the CPU alone for the timing only."""
+    from slimkit.deploy.runtime import open_runner
+
+    runners = {}
+    with tempfile.TemporaryDirectory(prefix="slimkit-lat-") as tmp:
+        paths = export_modules(modules, export_dir or tmp, progress)
+        for i, (name, (_, size)) in enumerate(modules.items()):
+            run = open_runner("onnx", paths[name], threads)  # the session holds the graph: the file may go
+            x = np.random.default_rng(i).standard_normal((1, *size)).astype(np.float32)
+            runners[name] = lambda run=run, x=x: run(x)
+    return runners
+
+
+def time_runners(runners: dict[str, Any], *, repetitions: int = 40, rounds: int = 5) -> dict[str, Measured]:
+    """Time runners interleaved round by round (median, IQR, p90, min per call in ms)."""
+    from slimkit.profile.timing import measure_interleaved
+
+    timings = measure_interleaved(runners, warmup=5, repetitions=repetitions, rounds=rounds)
+    return {k: Measured(t.median, t.iqr, t.p90, t.min, t.repetitions) for k, t in timings.items()}
+
+
 def measure_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], threads: int, *,
                     repetitions: int = 40, rounds: int = 5, progress: Any = None,
                     export_dir: str | Path | None = None) -> dict[str, Measured]:
     """Export each module (verified; reusing `export_dir`'s files) and time all of them in ONNX Runtime,
     interleaved round by round."""
-    from slimkit.deploy.runtime import open_runner
-    from slimkit.profile.timing import measure_interleaved
-
-    with tempfile.TemporaryDirectory(prefix="slimkit-lat-") as tmp:
-        paths = export_modules(modules, export_dir or tmp, progress)
-        candidates = {}
-        for i, (name, (_, size)) in enumerate(modules.items()):
-            run = open_runner("onnx", paths[name], threads)
-            x = np.random.default_rng(i).standard_normal((1, *size)).astype(np.float32)
-            candidates[name] = lambda run=run, x=x: run(x)
-        timings = measure_interleaved(candidates, warmup=5, repetitions=repetitions, rounds=rounds)
-    return {k: Measured(t.median, t.iqr, t.p90, t.min, t.repetitions) for k, t in timings.items()}
+    runners = module_runners(modules, threads, progress=progress, export_dir=export_dir)
+    return time_runners(runners, repetitions=repetitions, rounds=rounds)
 
 
 def _cpu() -> dict[str, Any]:

@@ -108,7 +108,7 @@ def table_modules(space: SearchSpace, calibrate: int, validate: int, seed: int) 
 
 
 def build_table(space: SearchSpace, threads: int, *, repetitions: int = 40, rounds: int = 5, calibrate: int = 12,
-                validate: int = 0, seed: int = 0, statistic: str = "median",
+                validate: int = 0, seed: int = 0, statistic: str = "min",
                 progress: Callable[[], None] | None = None, export_dir: str | Path | None = None) -> LatencyTable:
     """Time every part of `space` on this machine, fit the correction on `calibrate` whole children, and check
     it on `validate` other ones. Parts and children are timed in the same interleaved rounds, so load that
