@@ -1,12 +1,15 @@
 """Edge techniques, measured: patch-based inference on tv:mobilenet_v2 at 224 and 96 (peak-memory cut and
-MAC overhead), and the confidence cascade on Fashion-MNIST.
+MAC overhead), receptive-field redistribution, the confidence cascade and split computing on Fashion-MNIST.
 
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py patch
-    flock -x /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py cascade [WORKDIR]
-    flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py split [WORKDIR]   (after cascade)
-    flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py redistribute [WORKDIR]
+    flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py cascade WORKDIR --no-time   (trains)
+    /work/wt/quiet.sh .venv/bin/python benchmarks/edge_bench.py cascade WORKDIR   (times; alone on the machine)
+    flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py split WORKDIR   (after cascade's parent)
+    flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py redistribute WORKDIR
 
-Writes benchmarks/results/edge_bench.json (one key per technique), edge_patch.png, edge_split.png and edge_split.html.
+`--help` lists the options (child size and epochs, split sweep, fine-tuning epochs); the defaults are the
+configuration of the figures in docs/edge.md. Writes benchmarks/results/edge_bench.json (one key per
+technique), edge_patch.png, edge_split.png and edge_split.html.
 """
 
 from __future__ import annotations
@@ -66,14 +69,26 @@ def patch_figure(rows: list[dict]) -> None:
     fig.savefig(RESULTS / "edge_patch.png", dpi=110)
 
 
-CASCADE_STEPS = [  # (output folder, slimkit arguments); each step is skipped when its folder exists
-    ("parent", ["train", "benchmarks/edge_models.py:parent", "--data", "fashion-mnist", "--epochs", "2",
-                "--train-samples", "12000", "--val-samples", "2000"]),
-    ("child", ["prune", "{work}/parent", "--target", "macs=0.1", "--data", "fashion-mnist", "--epochs", "1", "--kd",
-               "--train-samples", "12000", "--val-samples", "2000", "--no-latency", "--trust-code"]),
-    ("cascade", ["deploy", "cascade", "{work}/child", "{work}/parent", "--data", "fashion-mnist", "--val-samples",
-                 "2000", "--max-drop", "0.5", "--threads", "1", "--timed-images", "500", "--trust-code"]),
-]
+def parent_step(epochs: int, samples: int) -> tuple[str, list[str]]:
+    """The Fashion-MNIST parent CNN of the cascade and the split, one folder per training setting."""
+    return (f"parent-e{epochs}-n{samples}", ["train", "benchmarks/edge_models.py:parent", "--data", "fashion-mnist",
+                                             "--train-samples", str(samples), "--val-samples", "2000",
+                                             "--epochs", str(epochs)])
+
+
+def cascade_steps(opt) -> list[tuple[str, list[str]]]:
+    """(output folder, slimkit arguments) of the cascade; each step is skipped when its folder exists."""
+    parent = parent_step(opt.parent_epochs, opt.train_samples)
+    child = f"child-{parent[0]}-macs{opt.child_macs:g}-e{opt.child_epochs:g}"
+    return [
+        parent,
+        (child, ["prune", "{work}/" + parent[0], "--target", f"macs={opt.child_macs:g}", "--data", "fashion-mnist",
+                 "--train-samples", str(opt.train_samples), "--val-samples", "2000", "--epochs",
+                 f"{opt.child_epochs:g}", "--kd", "--no-latency", "--trust-code"]),
+        (f"cascade-{child}", ["deploy", "cascade", "{work}/" + child, "{work}/" + parent[0], "--data",
+                              "fashion-mnist", "--val-samples", "2000", "--max-drop", "0.5", "--threads", "1",
+                              "--timed-images", "500", "--trust-code"]),
+    ]
 
 
 def _run_steps(work: Path, steps) -> list[str]:
@@ -88,35 +103,49 @@ def _run_steps(work: Path, steps) -> list[str]:
     return commands
 
 
-def bench_cascade(work: Path) -> dict:
-    """Parent CNN trained on Fashion-MNIST, pruned to 10% of its MACs with KD, cascaded child -> parent."""
-    commands = _run_steps(work, CASCADE_STEPS)
-    report = json.loads((work / "cascade" / "report.json").read_text())
+def bench_cascade(work: Path, opt) -> dict:
+    """Parent CNN trained on Fashion-MNIST, pruned with KD to a fraction of its MACs, cascaded child -> parent.
+
+    With --no-time only the training steps run (the cascade step times, so it runs alone on the machine)."""
+    steps = cascade_steps(opt)
+    commands = _run_steps(work, steps[:-1] if opt.no_time else steps)
+    if opt.no_time:
+        return {}
+    folder = work / steps[-1][0]
+    report = json.loads((folder / "report.json").read_text())
     report["choice"].pop("curve")
+    pruned = json.loads((work / steps[1][0] / "report.json").read_text())
+    parent = json.loads((work / steps[0][0] / "metrics.json").read_text())
     return {"commands": commands, "choice": report["choice"], "measured": report["measured"],
             "per_model_ms": report["per_model_ms"], "policy": report["policy"],
+            "child": {k: pruned[k] for k in ("before", "after", "finetune")},
+            "parent": {k: parent[k] for k in ("accuracy", "epochs_completed", "num_train")},
             "environment": environment(report["threads"])}
 
 
-SPLIT_LAMBDAS = "0.1,1,4"
-SPLIT_ARGS = ["deploy", "split", "{work}/parent", "--at", "13", "--bottleneck", "4", "--hidden", "16", "--lambda",
-              SPLIT_LAMBDAS, "--data", "fashion-mnist", "--train-samples", "6000", "--val-samples", "2000",
-              "--epochs", "1", "--trust-code"]
+def split_steps(opt) -> list[tuple[str, list[str]]]:
+    """The split's parent (its own training setting), then one sweep over lambda (a run that resumes)."""
+    parent = parent_step(opt.split_parent_epochs, opt.split_parent_samples)
+    return [parent, (opt.split_dir, [
+        "deploy", "split", "{work}/" + parent[0], "--at", "13", "--bottleneck", str(opt.split_bottleneck), "--hidden",
+        str(opt.split_hidden), "--lambda", opt.split_lambdas, "--data", "fashion-mnist", "--train-samples",
+        str(opt.split_train_samples), "--val-samples", "2000", "--epochs", str(opt.split_epochs), "--trust-code"])]
 
 
-def bench_split(work: Path) -> dict:
-    """The cascade benchmark's parent CNN split after its second pooling (7x7): one sweep over lambda.
+def bench_split(work: Path, opt) -> dict:
+    """A parent CNN split after its second pooling (7x7): one sweep over lambda.
 
     The run resumes (--resume) if it was interrupted; its report.html holds the rate-accuracy plot."""
-    folder = work / "split"
-    command = [sys.executable, "-m", "slimkit.cli.main", *(a.format(work=work) for a in SPLIT_ARGS),
-               "--out", str(folder)]
+    parent, (name, args) = split_steps(opt)
+    commands = _run_steps(work, [parent])
+    folder = work / name
+    command = [sys.executable, "-m", "slimkit.cli.main", *(a.format(work=work) for a in args), "--out", str(folder)]
     if not (folder / "report.json").is_file() or (folder / "INCOMPLETE").exists():
         subprocess.run(command + (["--resume"] if folder.exists() else []), cwd=ROOT, check=True)
     report = json.loads((folder / "report.json").read_text())
     shutil.copyfile(folder / "report.html", RESULTS / "edge_split.html")
     _split_figure(report)
-    return {"command": " ".join(command[3:]), **report, "environment": environment(1)}
+    return {"commands": [*commands, " ".join(command[3:])], **report, "environment": environment(1)}
 
 
 def _split_figure(report: dict) -> None:
@@ -130,14 +159,20 @@ def _split_figure(report: dict) -> None:
 # Fashion-MNIST at its own 28x28 and 4000 images: a short fine-tune on a shared 2-core machine (the patch
 # stage is then 14x14, so a 2x2 grid); the MAC overheads at 56x56 and on tv:mobilenet_v2 need no training.
 RD_COMMON = ["--data", "fashion-mnist", "--input-size", "1x28x28", "--train-samples", "4000", "--val-samples", "2000"]
-RD_STEPS = [  # (output folder, slimkit arguments); each step is skipped when its folder exists
-    ("rd_base", ["train", "benchmarks/edge_models.py:mcunet_like", *RD_COMMON, "--epochs", "2"]),
-    ("rd_patch", ["deploy", "patch", "{work}/rd_base", "--patches", "2x2", "--until", "4", "--redistribute",
-                  "--input-size", "1x28x28", "--trust-code"]),
-    ("rd_unchanged_ft", ["train", "{work}/rd_base", *RD_COMMON, "--epochs", "1", "--lr", "3e-4", "--trust-code"]),
-    ("rd_redistributed_ft", ["train", "{work}/rd_patch/redistributed", *RD_COMMON, "--epochs", "1", "--lr", "3e-4",
-                             "--trust-code"]),
-]
+
+
+def rd_steps(opt) -> list[tuple[str, list[str]]]:
+    """(output folder, slimkit arguments); each step is skipped when its folder exists. Both models get the
+    same fine-tuning (--rd-epochs at --rd-lr) after the 2 epochs of the original."""
+    ft = ["--epochs", str(opt.rd_epochs), "--lr", f"{opt.rd_lr:g}", "--trust-code"]
+    tag = f"e{opt.rd_epochs}-lr{opt.rd_lr:g}"
+    return [
+        ("rd_base", ["train", "benchmarks/edge_models.py:mcunet_like", *RD_COMMON, "--epochs", "2"]),
+        ("rd_patch", ["deploy", "patch", "{work}/rd_base", "--patches", "2x2", "--until", "4", "--redistribute",
+                      "--input-size", "1x28x28", "--trust-code"]),
+        (f"rd_unchanged_ft-{tag}", ["train", "{work}/rd_base", *RD_COMMON, *ft]),
+        (f"rd_redistributed_ft-{tag}", ["train", "{work}/rd_patch/redistributed", *RD_COMMON, *ft]),
+    ]
 
 
 def _redistribution_macs() -> list[dict]:
@@ -164,10 +199,11 @@ def _redistribution_macs() -> list[dict]:
     return rows
 
 
-def bench_redistribute(work: Path) -> dict:
+def bench_redistribute(work: Path, opt) -> dict:
     """MAC overhead before/after (mobilenet_v2, mcunet_like); accuracy after fine-tuning on Fashion-MNIST."""
-    commands = _run_steps(work, RD_STEPS)
-    metrics = {f: json.loads((work / f / "metrics.json").read_text()) for f, _ in RD_STEPS if f != "rd_patch"}
+    steps = rd_steps(opt)
+    commands = _run_steps(work, steps)
+    metrics = {f.split("-")[0]: json.loads((work / f / "metrics.json").read_text()) for f, _ in steps if f != "rd_patch"}
     patch = json.loads((work / "rd_patch" / "patch.json").read_text())
     return {"commands": commands, "fashion_mnist": {
         "patch": patch["redistribution"], "top1": {f: m["accuracy"] for f, m in metrics.items()},
@@ -175,18 +211,44 @@ def bench_redistribute(work: Path) -> dict:
         "macs_rows": _redistribution_macs(), "environment": environment(torch.get_num_threads())}
 
 
-def main(which: str) -> None:
-    work = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/edge_runs")
-    benches = {"patch": bench_patch, "cascade": lambda: bench_cascade(work), "split": lambda: bench_split(work),
-               "redistribute": lambda: bench_redistribute(work)}
-    result = benches[which]()
-    if which == "patch":
+def _options(argv: list[str]):
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("which", nargs="?", default="patch", choices=("patch", "cascade", "split", "redistribute"))
+    ap.add_argument("work", nargs="?", type=Path, default=Path("/tmp/edge_runs"), help="folder of the trained models")
+    ap.add_argument("--train-samples", type=int, default=24000, help="cascade: parent and child training images")
+    ap.add_argument("--parent-epochs", type=int, default=3)
+    ap.add_argument("--child-macs", type=float, default=0.2, help="cascade: the child's MACs, fraction of the parent")
+    ap.add_argument("--child-epochs", type=float, default=3, help="cascade: KD fine-tuning epochs of the child")
+    ap.add_argument("--no-time", action="store_true", help="cascade: train only, skip the timed cascade step")
+    ap.add_argument("--split-parent-epochs", type=int, default=2)
+    ap.add_argument("--split-parent-samples", type=int, default=12000)
+    ap.add_argument("--split-lambdas", default="0.1,0.3")
+    ap.add_argument("--split-epochs", type=int, default=3)
+    ap.add_argument("--split-train-samples", type=int, default=12000)
+    ap.add_argument("--split-bottleneck", type=int, default=4)
+    ap.add_argument("--split-hidden", type=int, default=16)
+    ap.add_argument("--split-dir", default="split-e3", help="split: run folder under WORK")
+    ap.add_argument("--rd-epochs", type=int, default=3, help="redistribute: fine-tuning epochs of both models")
+    ap.add_argument("--rd-lr", type=float, default=1e-3)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    opt = _options(argv)
+    benches = {"patch": bench_patch, "cascade": lambda: bench_cascade(opt.work, opt),
+               "split": lambda: bench_split(opt.work, opt), "redistribute": lambda: bench_redistribute(opt.work, opt)}
+    result = benches[opt.which]()
+    if not result:  # cascade --no-time: trained, nothing measured
+        return
+    if opt.which == "patch":
         patch_figure(result["rows"])
     path = RESULTS / "edge_bench.json"  # read just before writing: several techniques may run at once
     results = json.loads(path.read_text()) if path.exists() else {}
-    results[which] = result
+    results[opt.which] = result
     path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "patch")
+    main(sys.argv[1:])
