@@ -162,17 +162,19 @@ RD_COMMON = ["--data", "fashion-mnist", "--input-size", "1x28x28", "--train-samp
 
 
 def rd_steps(opt) -> list[tuple[str, list[str]]]:
-    """(output folder, slimkit arguments); each step is skipped when its folder exists. Both models get the
-    same fine-tuning (--rd-epochs at --rd-lr) after the 2 epochs of the original."""
-    ft = ["--epochs", str(opt.rd_epochs), "--lr", f"{opt.rd_lr:g}", "--trust-code"]
-    tag = f"e{opt.rd_epochs}-lr{opt.rd_lr:g}"
-    return [
+    """(output folder, slimkit arguments); each step is skipped when its folder exists. --rd-finetunes lists
+    MODEL:EPOCHS:LR fine-tunes (unchanged or redistributed), each from the weights after the original 2 epochs."""
+    models = {"unchanged": "{work}/rd_base", "redistributed": "{work}/rd_patch/redistributed"}
+    steps = [
         ("rd_base", ["train", "benchmarks/edge_models.py:mcunet_like", *RD_COMMON, "--epochs", "2"]),
         ("rd_patch", ["deploy", "patch", "{work}/rd_base", "--patches", "2x2", "--until", "4", "--redistribute",
                       "--input-size", "1x28x28", "--trust-code"]),
-        (f"rd_unchanged_ft-{tag}", ["train", "{work}/rd_base", *RD_COMMON, *ft]),
-        (f"rd_redistributed_ft-{tag}", ["train", "{work}/rd_patch/redistributed", *RD_COMMON, *ft]),
     ]
+    for item in opt.rd_finetunes.split(","):
+        model, epochs, lr = item.split(":")
+        steps.append((f"rd_{model}_ft-e{epochs}-lr{float(lr):g}", ["train", models[model], *RD_COMMON, "--epochs",
+                                                                   epochs, "--lr", f"{float(lr):g}", "--trust-code"]))
+    return steps
 
 
 def _redistribution_macs() -> list[dict]:
@@ -203,7 +205,7 @@ def bench_redistribute(work: Path, opt) -> dict:
     """MAC overhead before/after (mobilenet_v2, mcunet_like); accuracy after fine-tuning on Fashion-MNIST."""
     steps = rd_steps(opt)
     commands = _run_steps(work, steps)
-    metrics = {f.split("-")[0]: json.loads((work / f / "metrics.json").read_text()) for f, _ in steps if f != "rd_patch"}
+    metrics = {f: json.loads((work / f / "metrics.json").read_text()) for f, _ in steps if f != "rd_patch"}
     patch = json.loads((work / "rd_patch" / "patch.json").read_text())
     return {"commands": commands, "fashion_mnist": {
         "patch": patch["redistribution"], "top1": {f: m["accuracy"] for f, m in metrics.items()},
@@ -217,8 +219,8 @@ def _options(argv: list[str]):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("which", nargs="?", default="patch", choices=("patch", "cascade", "split", "redistribute"))
     ap.add_argument("work", nargs="?", type=Path, default=Path("/tmp/edge_runs"), help="folder of the trained models")
-    ap.add_argument("--train-samples", type=int, default=24000, help="cascade: parent and child training images")
-    ap.add_argument("--parent-epochs", type=int, default=3)
+    ap.add_argument("--train-samples", type=int, default=12000, help="cascade: parent and child training images")
+    ap.add_argument("--parent-epochs", type=int, default=2)
     ap.add_argument("--child-macs", type=float, default=0.2, help="cascade: the child's MACs, fraction of the parent")
     ap.add_argument("--child-epochs", type=float, default=3, help="cascade: KD fine-tuning epochs of the child")
     ap.add_argument("--no-time", action="store_true", help="cascade: train only, skip the timed cascade step")
@@ -230,8 +232,8 @@ def _options(argv: list[str]):
     ap.add_argument("--split-bottleneck", type=int, default=4)
     ap.add_argument("--split-hidden", type=int, default=16)
     ap.add_argument("--split-dir", default="split-e3", help="split: run folder under WORK")
-    ap.add_argument("--rd-epochs", type=int, default=3, help="redistribute: fine-tuning epochs of both models")
-    ap.add_argument("--rd-lr", type=float, default=1e-3)
+    ap.add_argument("--rd-finetunes", default="unchanged:1:3e-4,redistributed:1:3e-4,redistributed:3:1e-3",
+                    help="redistribute: MODEL:EPOCHS:LR fine-tunes after the original's 2 epochs")
     return ap.parse_args(argv)
 
 
