@@ -69,16 +69,16 @@ def patch_figure(rows: list[dict]) -> None:
     fig.savefig(RESULTS / "edge_patch.png", dpi=110)
 
 
-def parent_step(epochs: int, samples: int) -> tuple[str, list[str]]:
-    """The Fashion-MNIST parent CNN of the cascade and the split, one folder per training setting."""
-    return (f"parent-e{epochs}-n{samples}", ["train", "benchmarks/edge_models.py:parent", "--data", "fashion-mnist",
-                                             "--train-samples", str(samples), "--val-samples", "2000",
-                                             "--epochs", str(epochs)])
+def parent_step(epochs: int, samples: int, model: str = "parent") -> tuple[str, list[str]]:
+    """The Fashion-MNIST parent CNN of the cascade and the split, one folder per model and training setting."""
+    return (f"{model}-e{epochs}-n{samples}", ["train", f"benchmarks/edge_models.py:{model}", "--data",
+                                              "fashion-mnist", "--train-samples", str(samples), "--val-samples",
+                                              "2000", "--epochs", str(epochs)])
 
 
 def cascade_steps(opt) -> list[tuple[str, list[str]]]:
     """(output folder, slimkit arguments) of the cascade; each step is skipped when its folder exists."""
-    parent = parent_step(opt.parent_epochs, opt.train_samples)
+    parent = parent_step(opt.parent_epochs, opt.train_samples, opt.parent_model)
     child = f"child-{parent[0]}-macs{opt.child_macs:g}-e{opt.child_epochs:g}"
     return [
         parent,
@@ -221,6 +221,7 @@ def _options(argv: list[str]):
     ap.add_argument("work", nargs="?", type=Path, default=Path("/tmp/edge_runs"), help="folder of the trained models")
     ap.add_argument("--train-samples", type=int, default=12000, help="cascade: parent and child training images")
     ap.add_argument("--parent-epochs", type=int, default=2)
+    ap.add_argument("--parent-model", default="parent", choices=("parent", "parent_wide"), help="edge_models.py")
     ap.add_argument("--child-macs", type=float, default=0.2, help="cascade: the child's MACs, fraction of the parent")
     ap.add_argument("--child-epochs", type=float, default=3, help="cascade: KD fine-tuning epochs of the child")
     ap.add_argument("--no-time", action="store_true", help="cascade: train only, skip the timed cascade step")
