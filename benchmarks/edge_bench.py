@@ -233,7 +233,7 @@ def _options(argv: list[str]):
     ap.add_argument("--split-bottleneck", type=int, default=4)
     ap.add_argument("--split-hidden", type=int, default=16)
     ap.add_argument("--split-dir", default="split-e3", help="split: run folder under WORK")
-    ap.add_argument("--rd-finetunes", default="unchanged:1:3e-4,redistributed:1:3e-4,redistributed:3:1e-3",
+    ap.add_argument("--rd-finetunes", default="unchanged:1:3e-4,redistributed:1:3e-4,redistributed:3:1e-3,unchanged:3:1e-3",
                     help="redistribute: MODEL:EPOCHS:LR fine-tunes after the original's 2 epochs")
     return ap.parse_args(argv)
 
