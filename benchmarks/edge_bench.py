@@ -123,6 +123,34 @@ def bench_cascade(work: Path, opt) -> dict:
             "environment": environment(report["threads"])}
 
 
+def _cascade_figure(work: Path, runs: dict) -> None:
+    """Cascade top-1 against the share sent to the parent, one line per pairing (curves from WORK/<run>/)."""
+    from slimkit.report.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for (name, run), color in zip(runs.items(), ("tab:blue", "tab:green", "tab:purple", "tab:brown")):
+        path = work / name / "report.json"
+        if not path.is_file():
+            continue
+        c, m = json.loads(path.read_text())["choice"], run["measured"]
+        curve = sorted(c["curve"], key=lambda r: r["fraction_sent"])
+        speed = m["big_alone_ms"]["mean"] / m["cascade_ms"]["mean"]
+        label = (f"{name.removeprefix('cascade-child-')}: child {run['child']['after']['macs'] / 1e6:.1f} M MACs, "
+                 f"parent {run['child']['before']['macs'] / 1e6:.1f} M")
+        ax.plot([100 * r["fraction_sent"] for r in curve], [r["accuracy"] for r in curve], color=color, label=label)
+        ax.axhline(c["big_accuracy"] - 0.5, color=color, ls=":", lw=0.8)
+        ax.plot([100 * c["fraction_sent"]], [c["accuracy"]], "o", color=color)
+        ax.annotate(f"chosen: {100 * c['fraction_sent']:.1f}% sent, {speed:.2f}x measured", (100 * c["fraction_sent"],
+                    c["accuracy"]), xytext=(8, -12), textcoords="offset points", color=color)
+    ax.set_xlabel("% of images sent to the parent")
+    ax.set_ylabel("cascade top-1 (%)")
+    ax.set_title("Confidence cascade on Fashion-MNIST (dotted: parent's top-1 - 0.5)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "edge_cascade.png", dpi=110)
+
+
 def split_steps(opt) -> list[tuple[str, list[str]]]:
     """The split's parent (its own training setting), then one sweep over lambda (a run that resumes)."""
     parent = parent_step(opt.split_parent_epochs, opt.split_parent_samples)
@@ -249,6 +277,10 @@ def main(argv: list[str]) -> None:
         patch_figure(result["rows"])
     path = RESULTS / "edge_bench.json"  # read just before writing: several techniques may run at once
     results = json.loads(path.read_text()) if path.exists() else {}
+    if opt.which == "cascade":  # one entry per pairing (parent model, child size and epochs)
+        runs = results.get("cascade", {})
+        result = {**({} if "commands" in runs else runs), cascade_steps(opt)[-1][0]: result}
+        _cascade_figure(opt.work, result)
     results[opt.which] = result
     path.write_text(json.dumps(results, indent=2) + "\n")
 
