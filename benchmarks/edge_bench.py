@@ -3,13 +3,14 @@ MAC overhead), receptive-field redistribution, the confidence cascade and split 
 
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py patch
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py cascade WORKDIR --no-time   (trains)
-    /work/wt/quiet.sh .venv/bin/python benchmarks/edge_bench.py cascade WORKDIR   (times; alone on the machine)
+    flock -x /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py cascade WORKDIR   (times: run it alone)
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py split WORKDIR   (after cascade's parent)
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py redistribute WORKDIR
 
 `--help` lists the options (child size and epochs, split sweep, fine-tuning epochs); the defaults are the
 configuration of the figures in docs/edge.md. Writes benchmarks/results/edge_bench.json (one key per
-technique), edge_patch.png, edge_split.png and edge_split.html.
+technique; the cascade one entry per pairing), edge_patch.png, edge_cascade.png, edge_split.png and
+edge_split.html. Train with OMP_NUM_THREADS=1 on a loaded machine (2 threads ran 12x slower at load 5-10).
 """
 
 from __future__ import annotations
