@@ -4,7 +4,7 @@ MAC overhead), receptive-field redistribution, the confidence cascade and split 
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py patch
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py cascade WORKDIR --no-time   (trains)
     flock -x /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py cascade WORKDIR   (times: run it alone)
-    flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py split WORKDIR   (after cascade's parent)
+    flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py split WORKDIR   (trains its parent if missing)
     flock -s /tmp/slimkit-cpu.lock .venv/bin/python benchmarks/edge_bench.py redistribute WORKDIR
 
 `--help` lists the options (child size and epochs, split sweep, fine-tuning epochs); the defaults are the
@@ -121,7 +121,34 @@ def bench_cascade(work: Path, opt) -> dict:
             "per_model_ms": report["per_model_ms"], "policy": report["policy"],
             "child": {k: pruned[k] for k in ("before", "after", "finetune")},
             "parent": {k: parent[k] for k in ("accuracy", "epochs_completed", "num_train")},
-            "environment": environment(report["threads"])}
+            "holdout": _holdout(folder, report["per_model_ms"]), "environment": environment(report["threads"])}
+
+
+def _holdout(folder: Path, per_model_ms: dict) -> list[dict]:
+    """The threshold chosen on one half of the validation images and scored on the other (both ways): the
+    command chooses and scores on the same images, so this shows how much of the margin is selection."""
+    import numpy as np
+
+    from slimkit.data import load_data
+    from slimkit.deploy.edge.cascade import choose_threshold, confidence
+    from slimkit.deploy.edge.cascade_build import _all_logits
+    from slimkit.deploy.onnx_export import ort_session
+
+    x, y = (t.numpy() for t in load_data("fashion-mnist", input_size=(1, 28, 28), val_samples=2000).val.tensors())
+    small, big = (_all_logits(ort_session(folder / f"{m}.onnx", 1), x.astype("float32")) for m in ("small", "big"))
+    conf, small_ok, big_ok = confidence(small), small.argmax(1) == y, big.argmax(1) == y
+    t_small, t_big = per_model_ms["small"]["median"], per_model_ms["big"]["median"]
+    half, rows = len(y) // 2, []
+    for pick, score in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
+        c = choose_threshold(conf[pick], small_ok[pick], big_ok[pick], t_small, t_big, 0.5)
+        keep = conf[score] >= c.threshold
+        sent = 1.0 - float(keep.mean())
+        rows.append({"chosen_on": [pick.start or 0, pick.stop or len(y)],
+                     "threshold": None if np.isinf(c.threshold) else c.threshold,
+                     "heldout_top1": 100 * float(np.where(keep, small_ok[score], big_ok[score]).mean()),
+                     "heldout_parent_top1": 100 * float(big_ok[score].mean()), "heldout_sent": sent,
+                     "predicted_speedup": t_big / (t_small + sent * t_big)})
+    return rows
 
 
 def _cascade_figure(work: Path, runs: dict) -> None:
