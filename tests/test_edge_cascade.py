@@ -37,6 +37,17 @@ def test_confidence_kinds():
     assert np.allclose(confidence(logits, "margin"), [0.5, 0.0])
 
 
+def test_confidence_equals_sorted_softmax_bit_for_bit():
+    # the fast path (1 / sum, partition) must give exactly the textbook softmax-then-sort values
+    logits = np.random.default_rng(0).normal(0, 3, (200, 10)).astype(np.float32)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    top = -np.sort(-p, axis=1)
+    assert np.array_equal(confidence(logits), top[:, 0])
+    assert np.array_equal(confidence(logits, "margin"), top[:, 0] - top[:, 1])
+    assert confidence(logits).dtype == np.float32
+
+
 MODELS = """
 import torch.nn as nn
 

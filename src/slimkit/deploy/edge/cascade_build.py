@@ -30,15 +30,17 @@ class CascadeRunner:
         self.policy = json.loads((path / "policy.json").read_text())
         self.small = ort_session(path / self.policy["small"], threads)
         self.big = ort_session(path / self.policy["big"], threads)
+        threshold = self.policy["threshold"]  # None: no confidence is enough, everything goes on
+        self._threshold = np.inf if threshold is None else threshold
+        self._names = {id(s): s.get_inputs()[0].name for s in (self.small, self.big)}  # looked up once, not per call
 
     def _logits(self, session, x: np.ndarray) -> np.ndarray:
-        return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+        return session.run(None, {self._names[id(session)]: x.astype(np.float32, copy=False)})[0]
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(predicted classes, mask of inputs that went to the big model) for a batch `x`."""
         logits = self._logits(self.small, x)
-        threshold = self.policy["threshold"]  # None: no confidence is enough, everything goes on
-        sent = confidence(logits, self.policy["confidence"]) < (np.inf if threshold is None else threshold)
+        sent = confidence(logits, self.policy["confidence"]) < self._threshold
         if sent.any():
             logits[sent] = self._logits(self.big, x[sent])
         return logits.argmax(1), sent
