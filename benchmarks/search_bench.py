@@ -54,6 +54,15 @@ def _onnx_dir(space: str):
     return ONNX_DIR if space == "mbv2" else WORK / f"latency_onnx_{space}"
 
 
+def _table_path(space: str) -> Path:
+    return WORK / ("latency_table.json" if space == "mbv2" else f"latency_table_{space}.json")
+
+
+def _work(space: str) -> Path:
+    """Where a space's supernet and front live: mbv2's at WORK (as before), another space's in WORK/<space>."""
+    return WORK if space == "mbv2" else WORK / space
+
+
 def latency_export_part(space_name: str = "mbv2") -> dict:
     """Every module the latency part times, exported (verified) into ONNX_DIR: slow, but needs no quiet machine."""
     from slimkit.search.latency import export_modules
@@ -82,7 +91,7 @@ def latency_part(space_name: str = "mbv2") -> dict:
     # min is saved: it transfers to other runs (figure 6: front children timed later, in a 19-model run, within
     # -7%..+7% of the min table, +35..+50% off the median one: a 400-model interleaved build inflates medians)
     best = "min"
-    refit(table, best).save(WORK / ("latency_table.json" if space_name == "mbv2" else f"latency_table_{space_name}.json"))
+    refit(table, best).save(_table_path(space_name))
     out["table_statistic"] = best
     return out
 
@@ -95,7 +104,9 @@ def _data(space, train_samples: int = TRAIN_SAMPLES):
                      val_samples=VAL_SAMPLES, seed=0)
 
 
-def train_part() -> dict:
+def train_part(space_name: str = "mbv2", scratch: bool = True) -> dict:
+    """The supernet of `space_name`; with `scratch` its largest and smallest children against the same nets
+    trained alone (figure 2)."""
     import torch
 
     from slimkit.engine.config import TrainConfig
@@ -104,21 +115,23 @@ def train_part() -> dict:
     from slimkit.search.train import check_space_data, load_supernet, train_supernet
 
     torch.set_num_threads(1)
-    space = load_space("mbv2")
+    space = load_space(space_name)
     data = _data(space)
     space = check_space_data(space, 1, data.num_classes)
     cfg = TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, seed=0)
+    run = _work(space_name) / "supernet"
     start = time.perf_counter()
-    train_supernet(space, data, cfg, WORK / "supernet", overwrite=True, progress=False)
-    (WORK / "supernet" / "search_train.json").write_text(json.dumps(
+    train_supernet(space, data, cfg, run, overwrite=True, progress=False)
+    (run / "search_train.json").write_text(json.dumps(
         {"data": "fashion-mnist", "train_samples": TRAIN_SAMPLES, "val_samples": VAL_SAMPLES, "seed": 0}))
     train_s = time.perf_counter() - start
-    net, _ = load_supernet(WORK / "supernet")
+    net, _ = load_supernet(run)
     ev = ChildEvaluator(net, data)
-    rows = [_child_vs_scratch(space, ev, arch, data, cfg, name)
-            for name, arch in (("largest", space.largest()), ("smallest", space.smallest()))]
-    return {"environment": environment(1), "train_samples": TRAIN_SAMPLES, "val_samples": VAL_SAMPLES,
-            "epochs": EPOCHS, "supernet_train_seconds": round(train_s, 1), "children": rows}
+    extremes = (("largest", space.largest()), ("smallest", space.smallest()))
+    rows = [_child_vs_scratch(space, ev, arch, data, cfg, name) if scratch else
+            {"child": name, "arch": arch.model_dump(), "supernet_top1": ev.accuracy(arch)} for name, arch in extremes]
+    return {"environment": environment(1), "space": space_name, "train_samples": TRAIN_SAMPLES,
+            "val_samples": VAL_SAMPLES, "epochs": EPOCHS, "supernet_train_seconds": round(train_s, 1), "children": rows}
 
 
 def _child_vs_scratch(space, ev, arch, data, cfg, name: str) -> dict:
@@ -178,7 +191,7 @@ def proxies_part(n: int = 30, alone: bool = False) -> dict:
             "kendall_tau": res["kendall_tau"], "rows": res["rows"]}
 
 
-def frontier_part(step: str) -> dict:
+def frontier_part(step: str, space_name: str = "mbv2") -> dict:
     """Figure 1 (see search_frontier.py): `frontier-base`, `frontier-search`, then `frontier` (timing + figures)."""
     import torch
 
@@ -189,7 +202,7 @@ def frontier_part(step: str) -> dict:
     from slimkit.search.table import LatencyTable
 
     torch.set_num_threads(1)
-    space = load_space("mbv2")
+    space = load_space(space_name)
     data = _data(space)
     cfg = TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, seed=0)
     if step == "base":
@@ -200,9 +213,10 @@ def frontier_part(step: str) -> dict:
     if step == "export":
         return fr.measure_step(WORK, space, export_only=True)
     if step == "search":
-        table = LatencyTable.load(WORK / "latency_table.json")
-        found = fr.search_step(WORK, table, data, cfg, EvolutionConfig(population=16, generations=5, seed=0))
-        (WORK / "frontier" / "search.json").write_text(json.dumps(found))
+        work = _work(space_name)
+        found = fr.search_step(work, LatencyTable.load(_table_path(space_name)), data, cfg,
+                               EvolutionConfig(population=16, generations=5, seed=0))
+        (work / "frontier" / "search.json").write_text(json.dumps(found))
         return found
     return frontier_figures(fr, space, data, cfg)
 
@@ -240,17 +254,21 @@ def main() -> None:
                                          "frontier-seed1",
                                          "frontier-search", "frontier"])
     parser.add_argument("--target-ms", type=float, default=None)
+    parser.add_argument("--space", default="mbv2", choices=["mbv2", "emov2"],
+                        help="train / frontier-search: which space (emov2's results go under `<part>-emov2`)")
+    parser.add_argument("--no-scratch", action="store_true", help="train: skip the children trained alone")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    payload = {"latency": latency_part, "train": train_part, "proxies": proxies_part,
+    payload = {"latency": latency_part, "train": lambda: train_part(args.space, not args.no_scratch), "proxies": proxies_part,
                "proxies-alone": lambda: proxies_part(alone=True), "frontier": lambda: frontier_part("figures"),
-               "frontier-base": lambda: frontier_part("base"), "frontier-search": lambda: frontier_part("search"),
+               "frontier-base": lambda: frontier_part("base"), "frontier-search": lambda: frontier_part("search", args.space),
                "latency-export": latency_export_part, "latency-emov2": lambda: latency_part("emov2"),
                "latency-export-emov2": lambda: latency_export_part("emov2"),
                "frontier-export": lambda: frontier_part("export"),
                "frontier-seed1": lambda: frontier_part("seed1")}.get(
         args.part, lambda: search_part(args.target_ms))()
-    _merge(args.part, payload)
+    _merge(args.part if args.space == "mbv2" or args.part not in ("train", "frontier-search")
+           else f"{args.part}-{args.space}", payload)
 
 
 if __name__ == "__main__":
