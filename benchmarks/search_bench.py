@@ -104,9 +104,7 @@ def _data(space, train_samples: int = TRAIN_SAMPLES):
                      val_samples=VAL_SAMPLES, seed=0)
 
 
-def train_part(space_name: str = "mbv2", scratch: bool = True) -> dict:
-    """The supernet of `space_name`; with `scratch` its largest and smallest children against the same nets
-    trained alone (figure 2)."""
+def train_part(space_name: str = "mbv2") -> dict:
     import torch
 
     from slimkit.engine.config import TrainConfig
@@ -127,9 +125,8 @@ def train_part(space_name: str = "mbv2", scratch: bool = True) -> dict:
     train_s = time.perf_counter() - start
     net, _ = load_supernet(run)
     ev = ChildEvaluator(net, data)
-    extremes = (("largest", space.largest()), ("smallest", space.smallest()))
-    rows = [_child_vs_scratch(space, ev, arch, data, cfg, name) if scratch else
-            {"child": name, "arch": arch.model_dump(), "supernet_top1": ev.accuracy(arch)} for name, arch in extremes]
+    rows = [_child_vs_scratch(space, ev, arch, data, cfg, name)
+            for name, arch in (("largest", space.largest()), ("smallest", space.smallest()))]
     return {"environment": environment(1), "space": space_name, "train_samples": TRAIN_SAMPLES,
             "val_samples": VAL_SAMPLES, "epochs": EPOCHS, "supernet_train_seconds": round(train_s, 1), "children": rows}
 
@@ -215,10 +212,47 @@ def frontier_part(step: str, space_name: str = "mbv2") -> dict:
     if step == "search":
         work = _work(space_name)
         found = fr.search_step(work, LatencyTable.load(_table_path(space_name)), data, cfg,
-                               EvolutionConfig(population=16, generations=5, seed=0))
+                               EvolutionConfig(population=16, generations=5, seed=0),
+                               retrain=fr.RETRAIN if space_name == "mbv2" else 3)
         (work / "frontier" / "search.json").write_text(json.dumps(found))
         return found
     return frontier_figures(fr, space, data, cfg)
+
+
+# figure 6's models timed again next to emov2's front: every baseline and the retrained mbv2 front children
+ANCHORS = tuple(f"{k} mbv2 x{w}" for k in ("torchvision", "space") for w in (0.35, 0.5, 0.75, 1.0)) + tuple(
+    f"front {i}" for i in (0, 3, 7, 10))
+
+
+def frontier_emov2_part(export_only: bool = False) -> dict:
+    """emov2's front on figure 6's plane: its children timed with ANCHORS in one interleaved run (alone), the
+    dominance figures against the baselines of that run, and the plot redrawn with the emov2 series."""
+    import torch
+
+    import search_frontier as fr
+    from slimkit.search.space import load_space
+
+    torch.set_num_threads(1)
+    work = _work("emov2")
+    mods = {k: v for k, v in fr.all_modules(WORK, load_space("mbv2")).items() if k in ANCHORS}
+    mods |= fr.front_modules(work, load_space("emov2"), "emov2 front")
+    if export_only:
+        return fr.measure_step(work, None, export_only=True, mods=mods, onnx=work / "frontier" / "onnx_anchored")
+    lat = fr.measure_step(work, None, mods=mods, onnx=work / "frontier" / "onnx_anchored")
+    fig = json.loads((RESULTS / "search_bench.json").read_text())["frontier"]
+    ratio = {k: lat[k]["min_ms"] / fig["latency"][k]["min_ms"] for k in ANCHORS}
+    info, front = fr.front_rows(work)
+    xs = [lat[f"emov2 front {i}"]["min_ms"] for i in range(len(front))]
+    out = {"environment": environment(1), "search": info, "latency": lat, "front": front,
+           "anchor_ratio_min_ms": ratio, "dominance": {}}
+    for kind in ("retrained_top1", "supernet_top1"):
+        pts = [(x, r[kind]) for x, r in zip(xs, front) if kind in r]
+        out["dominance"][kind] = {n: fr.dominance(pts, lat[n]["min_ms"], b["top1"]) for n, b in fig["baselines"].items()}
+    kept = [(x, r["retrained_top1"] * 100) for x, r in zip(xs, front) if "retrained_top1" in r]
+    extra = [("emov2 front, supernet weights", xs, [r["supernet_top1"] * 100 for r in front], "o:", "tab:purple"),
+             ("emov2 front, retrained alone", *map(list, zip(*kept)), "^-", "tab:orange")]
+    fr.plot(ROOT_DOCS / "search_frontier.png", fig["baselines"], fig["front"], fig["latency"], "min_ms", extra)
+    return out
 
 
 def _two_seeds(fr, seed1: dict) -> dict:
@@ -251,21 +285,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["latency", "train", "search", "proxies", "proxies-alone", "frontier-base", "latency-export",
                                          "latency-emov2", "latency-export-emov2", "frontier-export",
-                                         "frontier-seed1",
+                                         "frontier-seed1", "frontier-export-emov2", "frontier-emov2",
                                          "frontier-search", "frontier"])
     parser.add_argument("--target-ms", type=float, default=None)
     parser.add_argument("--space", default="mbv2", choices=["mbv2", "emov2"],
                         help="train / frontier-search: which space (emov2's results go under `<part>-emov2`)")
-    parser.add_argument("--no-scratch", action="store_true", help="train: skip the children trained alone")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    payload = {"latency": latency_part, "train": lambda: train_part(args.space, not args.no_scratch), "proxies": proxies_part,
+    payload = {"latency": latency_part, "train": lambda: train_part(args.space), "proxies": proxies_part,
                "proxies-alone": lambda: proxies_part(alone=True), "frontier": lambda: frontier_part("figures"),
                "frontier-base": lambda: frontier_part("base"), "frontier-search": lambda: frontier_part("search", args.space),
                "latency-export": latency_export_part, "latency-emov2": lambda: latency_part("emov2"),
                "latency-export-emov2": lambda: latency_export_part("emov2"),
                "frontier-export": lambda: frontier_part("export"),
-               "frontier-seed1": lambda: frontier_part("seed1")}.get(
+               "frontier-seed1": lambda: frontier_part("seed1"), "frontier-emov2": frontier_emov2_part,
+               "frontier-export-emov2": lambda: frontier_emov2_part(export_only=True)}.get(
         args.part, lambda: search_part(args.target_ms))()
     _merge(args.part if args.space == "mbv2" or args.part not in ("train", "frontier-search")
            else f"{args.part}-{args.space}", payload)

@@ -94,7 +94,7 @@ def base_step(work: Path, space, data, cfg, train: bool = True) -> dict[str, Any
     return out
 
 
-def search_step(work: Path, table, data, cfg, evolution) -> dict[str, Any]:
+def search_step(work: Path, table, data, cfg, evolution, retrain: int = RETRAIN) -> dict[str, Any]:
     from slimkit.search.evaluate import train_alone
     from slimkit.search.run import run_search
     from slimkit.search.space import Arch
@@ -105,7 +105,7 @@ def search_step(work: Path, table, data, cfg, evolution) -> dict[str, Any]:
         work / "supernet", table, data, target, work / "frontier" / "front", pareto=True, threads=1,
         evolution=evolution, val_samples=len(data.val)))
     front = res["confirmed"]  # fastest first
-    pick = sorted({round(i * (len(front) - 1) / max(1, RETRAIN - 1)) for i in range(min(RETRAIN, len(front)))})
+    pick = sorted({round(i * (len(front) - 1) / max(1, retrain - 1)) for i in range(min(retrain, len(front)))})
     rows = []
     for i in range(len(front)):
         row = {"arch": front[i]["arch"], "supernet_top1": front[i]["accuracy"], "predicted_ms": front[i]["predicted_ms"]}
@@ -159,24 +159,36 @@ def front_rows(work: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return info, rows
 
 
-def measure_step(work: Path, space, repetitions: int = 200, rounds: int = 20,
-                 export_only: bool = False) -> dict[str, Any]:
-    """Latency of every baseline and front child, timed in one interleaved run (1 thread, batch 1); with
-    `export_only` just the (slow, verified) exports, kept for the timing run."""
-    import torch
-
+def front_modules(work: Path, space, label: str = "front") -> dict[str, Any]:
+    """`label i` -> (random-init ChildNet, input size) for each child of the searched front, in the search's order."""
     from slimkit.search.child import ChildNet, child_spec
-    from slimkit.search.latency import export_modules, measure_modules
     from slimkit.search.space import Arch
 
+    mods = {}
+    for i, row in enumerate(json.loads((work / "frontier" / "front.json").read_text())["confirmed"]):
+        arch = Arch.model_validate(row["arch"])
+        mods[f"{label} {i}"] = (ChildNet(child_spec(space, arch)), (space.in_chans, arch.resolution, arch.resolution))
+    return mods
+
+
+def all_modules(work: Path, space) -> dict[str, Any]:
+    """Every baseline and front child of `frontier` (latency does not depend on the weights: random init)."""
+    import torch
+
     res = max(space.resolutions)
-    front = json.loads((work / "frontier" / "front.json").read_text())["confirmed"]  # the search's order
     torch.manual_seed(0)
     mods = {name: (make(), (space.in_chans, res, res)) for name, make in baselines(space, res).items()}
-    for i, row in enumerate(front):
-        arch = Arch.model_validate(row["arch"])
-        mods[f"front {i}"] = (ChildNet(child_spec(space, arch)), (space.in_chans, arch.resolution, arch.resolution))
-    onnx = work / "frontier" / "onnx"
+    return mods | front_modules(work, space)
+
+
+def measure_step(work: Path, space, repetitions: int = 200, rounds: int = 20, export_only: bool = False,
+                 mods: dict[str, Any] | None = None, onnx: Path | None = None) -> dict[str, Any]:
+    """Latency of `mods` (default: every baseline and front child) timed in one interleaved run (1 thread,
+    batch 1); with `export_only` just the (slow, verified) exports into `onnx`, kept for the timing run."""
+    from slimkit.search.latency import export_modules, measure_modules
+
+    mods = mods or all_modules(work, space)
+    onnx = onnx or work / "frontier" / "onnx"  # files are named by position: one folder per module set
     onnx.mkdir(parents=True, exist_ok=True)
     if export_only:
         return {"exported": {k: str(p) for k, p in export_modules(mods, onnx).items()}}
@@ -195,7 +207,9 @@ def dominance(points: list[tuple[float, float]], base_ms: float, base_top1: floa
             "meets_aim": bool((gain is not None and gain >= 0.5) or (speedup is not None and speedup >= 1.3))}
 
 
-def plot(path: Path, base: dict[str, Any], front: list[dict[str, Any]], lat: dict[str, Any], stat: str) -> Path:
+def plot(path: Path, base: dict[str, Any], front: list[dict[str, Any]], lat: dict[str, Any], stat: str,
+         extra: list[tuple[str, list[float], list[float], str, str]] = ()) -> Path:
+    """The plane of top-1 and latency; `extra`: more series as (label, latencies, top-1 %, marker, colour)."""
     from slimkit.report.plots import _pyplot, save_figure
 
     plt = _pyplot()
@@ -205,10 +219,12 @@ def plot(path: Path, base: dict[str, Any], front: list[dict[str, Any]], lat: dic
         ax.plot([lat[n][stat] for n in names], [base[n]["top1"] * 100 for n in names], "s--", color=color,
                 label=f"{prefix} MobileNetV2 x0.35-1.0, trained alone")
     xs = [lat[f"front {i}"][stat] for i in range(len(front))]
-    ax.plot(xs, [r["supernet_top1"] * 100 for r in front], "o-", color="tab:blue", label="searched front, supernet weights")
+    ax.plot(xs, [r["supernet_top1"] * 100 for r in front], "o-", color="tab:blue", label="mbv2 searched front, supernet weights")
     kept = [(x, r["retrained_top1"] * 100) for x, r in zip(xs, front) if "retrained_top1" in r]
     if kept:
-        ax.plot(*zip(*kept), "D-", color="tab:red", label="searched front, retrained alone")
+        ax.plot(*zip(*kept), "D-", color="tab:red", label="mbv2 searched front, retrained alone")
+    for label, xs_, ys_, fmt, color in extra:
+        ax.plot(xs_, ys_, fmt, color=color, label=label)
     ax.set_xlabel(f"ONNX Runtime latency, {stat} per call (ms, 1 thread, batch 1)")
     ax.set_ylabel("Fashion-MNIST top-1 (%)")
     ax.grid(True, alpha=0.3)
