@@ -204,9 +204,10 @@ def frontier_part(step: str, space_name: str = "mbv2") -> dict:
     cfg = TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, seed=0)
     if step == "base":
         return {"baselines": fr.base_step(WORK, space, data, cfg)}
-    if step == "seed1":
-        out = fr.seed_step(WORK, space, data, TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, seed=1))
-        return {**out, "two_seed_dominance": _two_seeds(fr, out["top1"])}
+    if step == "seed1":  # emov2: its retrained front children only (the baselines' seed 1 is mbv2's run)
+        out = fr.seed_step(_work(space_name), space, data, TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, seed=1),
+                           with_baselines=space_name == "mbv2")
+        return {**out, "two_seed_dominance": _two_seeds(fr, out["top1"])} if space_name == "mbv2" else out
     if step == "export":
         return fr.measure_step(WORK, space, export_only=True)
     if step == "search":
@@ -289,7 +290,7 @@ def main() -> None:
                                          "frontier-search", "frontier"])
     parser.add_argument("--target-ms", type=float, default=None)
     parser.add_argument("--space", default="mbv2", choices=["mbv2", "emov2"],
-                        help="train / frontier-search: which space (emov2's results go under `<part>-emov2`)")
+                        help="train / frontier-search / frontier-seed1: which space (emov2's results go under `<part>-emov2`)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     payload = {"latency": latency_part, "train": lambda: train_part(args.space), "proxies": proxies_part,
@@ -298,10 +299,10 @@ def main() -> None:
                "latency-export": latency_export_part, "latency-emov2": lambda: latency_part("emov2"),
                "latency-export-emov2": lambda: latency_export_part("emov2"),
                "frontier-export": lambda: frontier_part("export"),
-               "frontier-seed1": lambda: frontier_part("seed1"), "frontier-emov2": frontier_emov2_part,
+               "frontier-seed1": lambda: frontier_part("seed1", args.space), "frontier-emov2": frontier_emov2_part,
                "frontier-export-emov2": lambda: frontier_emov2_part(export_only=True)}.get(
         args.part, lambda: search_part(args.target_ms))()
-    _merge(args.part if args.space == "mbv2" or args.part not in ("train", "frontier-search")
+    _merge(args.part if args.space == "mbv2" or args.part not in ("train", "frontier-search", "frontier-seed1")
            else f"{args.part}-{args.space}", payload)
 
 

@@ -118,9 +118,10 @@ def search_step(work: Path, table, data, cfg, evolution, retrain: int = RETRAIN)
     return {"target_ms": target, "evaluated": res["evaluated"], "evolution": res["evolution"], "front": rows}
 
 
-def seed_step(work: Path, space, data, cfg) -> dict[str, Any]:
-    """The close comparisons again with another seed (cfg.seed): the space-layout baselines and the retrained
-    front children (same subset and validation images; only initialisation and batch order change)."""
+def seed_step(work: Path, space, data, cfg, with_baselines: bool = True) -> dict[str, Any]:
+    """The close comparisons again with another seed (cfg.seed): the space-layout baselines (unless not
+    `with_baselines`) and the retrained front children (same subset and validation images; only
+    initialisation and batch order change)."""
     import torch
 
     from slimkit.search.evaluate import train_alone
@@ -128,7 +129,7 @@ def seed_step(work: Path, space, data, cfg) -> dict[str, Any]:
 
     out = {}
     for name, make in baselines(space, max(space.resolutions)).items():
-        if name.startswith("space"):
+        if with_baselines and name.startswith("space"):
             def run(make=make):
                 torch.manual_seed(cfg.seed)
                 return _train_eval(make(), data, cfg)["top1"]
@@ -224,7 +225,7 @@ def plot(path: Path, base: dict[str, Any], front: list[dict[str, Any]], lat: dic
     if kept:
         ax.plot(*zip(*kept), "D-", color="tab:red", label="mbv2 searched front, retrained alone")
     for label, xs_, ys_, fmt, color in extra:
-        ax.plot(xs_, ys_, fmt, color=color, label=label)
+        ax.plot(*zip(*sorted(zip(xs_, ys_))), fmt, color=color, label=label)
     ax.set_xlabel(f"ONNX Runtime latency, {stat} per call (ms, 1 thread, batch 1)")
     ax.set_ylabel("Fashion-MNIST top-1 (%)")
     ax.grid(True, alpha=0.3)
