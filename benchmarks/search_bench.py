@@ -11,6 +11,9 @@ Parts (each merges its section into benchmarks/results/search_bench.json):
            baselines, `frontier-search` searches the supernet's front and retrains part of it alone (needs
            `train` and `latency`), `frontier-export` exports everything, `frontier` times it all alone and
            writes the figures and docs/search_frontier.png. `frontier-seed1`: the close ones again, seed 1.
+           `--space emov2` with train / frontier-search / frontier-seed1: the same on emov2 (in WORK/emov2);
+           `frontier-export-emov2`, then `frontier-emov2` (alone): its front timed with figure 6's models as
+           anchors in one run, added to the plot.
   train    the supernet on a Fashion-MNIST subset at 24/32 px (sandwich rule, in-place distillation,
            delayed shrinking), then children's top-1 without retraining (BN recalibrated) against the same
            architectures trained from scratch for the same epochs (BigNAS's claim).
@@ -220,40 +223,18 @@ def frontier_part(step: str, space_name: str = "mbv2") -> dict:
     return frontier_figures(fr, space, data, cfg)
 
 
-# figure 6's models timed again next to emov2's front: every baseline and the retrained mbv2 front children
-ANCHORS = tuple(f"{k} mbv2 x{w}" for k in ("torchvision", "space") for w in (0.35, 0.5, 0.75, 1.0)) + tuple(
-    f"front {i}" for i in (0, 3, 7, 10))
-
-
 def frontier_emov2_part(export_only: bool = False) -> dict:
-    """emov2's front on figure 6's plane: its children timed with ANCHORS in one interleaved run (alone), the
-    dominance figures against the baselines of that run, and the plot redrawn with the emov2 series."""
+    """emov2's front on figure 6's plane (search_frontier.anchored_step), timed alone with figure 6's models."""
     import torch
 
     import search_frontier as fr
     from slimkit.search.space import load_space
 
     torch.set_num_threads(1)
-    work = _work("emov2")
-    mods = {k: v for k, v in fr.all_modules(WORK, load_space("mbv2")).items() if k in ANCHORS}
-    mods |= fr.front_modules(work, load_space("emov2"), "emov2 front")
-    if export_only:
-        return fr.measure_step(work, None, export_only=True, mods=mods, onnx=work / "frontier" / "onnx_anchored")
-    lat = fr.measure_step(work, None, mods=mods, onnx=work / "frontier" / "onnx_anchored")
-    fig = json.loads((RESULTS / "search_bench.json").read_text())["frontier"]
-    ratio = {k: lat[k]["min_ms"] / fig["latency"][k]["min_ms"] for k in ANCHORS}
-    info, front = fr.front_rows(work)
-    xs = [lat[f"emov2 front {i}"]["min_ms"] for i in range(len(front))]
-    out = {"environment": environment(1), "search": info, "latency": lat, "front": front,
-           "anchor_ratio_min_ms": ratio, "dominance": {}}
-    for kind in ("retrained_top1", "supernet_top1"):
-        pts = [(x, r[kind]) for x, r in zip(xs, front) if kind in r]
-        out["dominance"][kind] = {n: fr.dominance(pts, lat[n]["min_ms"], b["top1"]) for n, b in fig["baselines"].items()}
-    kept = [(x, r["retrained_top1"] * 100) for x, r in zip(xs, front) if "retrained_top1" in r]
-    extra = [("emov2 front, supernet weights", xs, [r["supernet_top1"] * 100 for r in front], "o:", "tab:purple"),
-             ("emov2 front, retrained alone", *map(list, zip(*kept)), "^-", "tab:orange")]
-    fr.plot(ROOT_DOCS / "search_frontier.png", fig["baselines"], fig["front"], fig["latency"], "min_ms", extra)
-    return out
+    fig = None if export_only else json.loads((RESULTS / "search_bench.json").read_text())["frontier"]
+    out = fr.anchored_step(_work("emov2"), load_space("emov2"), WORK, load_space("mbv2"), fig,
+                           ROOT_DOCS / "search_frontier.png")
+    return out if export_only else {"environment": environment(1), **out}
 
 
 def _two_seeds(fr, seed1: dict) -> dict:

@@ -197,6 +197,36 @@ def measure_step(work: Path, space, repetitions: int = 200, rounds: int = 20, ex
     return {k: {"min_ms": v.min_ms, "median_ms": v.median_ms, "iqr_ms": v.iqr_ms} for k, v in got.items()}
 
 
+# figure 6's models timed again next to another space's front: every baseline and the retrained mbv2 children
+ANCHORS = tuple(f"{k} mbv2 x{w}" for k in ("torchvision", "space") for w in WIDTHS) + tuple(
+    f"front {i}" for i in (0, 3, 7, 10))
+
+
+def anchored_step(work: Path, space, base_work: Path, base_space, fig: dict[str, Any] | None,
+                  png: Path) -> dict[str, Any]:
+    """`space`'s front (in `work`) timed in one interleaved run with ANCHORS (figure 6's models, `base_work`),
+    dominance against the baselines of that run, and figure 6's plot (`fig`) redrawn with the new series;
+    with `fig` None only the exports."""
+    label = f"{space.name} front"
+    mods = {k: v for k, v in all_modules(base_work, base_space).items() if k in ANCHORS}
+    mods |= front_modules(work, space, label)
+    lat = measure_step(work, None, export_only=fig is None, mods=mods, onnx=work / "frontier" / "onnx_anchored")
+    if fig is None:
+        return lat
+    info, front = front_rows(work)
+    xs = [lat[f"{label} {i}"]["min_ms"] for i in range(len(front))]
+    out = {"search": info, "latency": lat, "front": front, "dominance": {},
+           "anchor_ratio_min_ms": {k: lat[k]["min_ms"] / fig["latency"][k]["min_ms"] for k in ANCHORS}}
+    for kind in ("retrained_top1", "supernet_top1"):
+        pts = [(x, r[kind]) for x, r in zip(xs, front) if kind in r]
+        out["dominance"][kind] = {n: dominance(pts, lat[n]["min_ms"], b["top1"]) for n, b in fig["baselines"].items()}
+    kept = [(x, r["retrained_top1"] * 100) for x, r in zip(xs, front) if "retrained_top1" in r]
+    extra = [(f"{label}, supernet weights", xs, [r["supernet_top1"] * 100 for r in front], "o:", "tab:purple"),
+             (f"{label}, retrained alone", *map(list, zip(*kept)), "^-", "tab:orange")]
+    plot(png, fig["baselines"], fig["front"], fig["latency"], "min_ms", extra)
+    return out
+
+
 def dominance(points: list[tuple[float, float]], base_ms: float, base_top1: float) -> dict[str, Any]:
     """Against one baseline: the best searched top-1 at no more latency (gain, points) and the fastest searched
     child at no less top-1 (speedup); None where no searched child qualifies."""
