@@ -81,15 +81,18 @@ def cascade_steps(opt) -> list[tuple[str, list[str]]]:
     """(output folder, slimkit arguments) of the cascade; each step is skipped when its folder exists."""
     parent = parent_step(opt.parent_epochs, opt.train_samples, opt.parent_model)
     child = f"child-{parent[0]}-macs{opt.child_macs:g}-e{opt.child_epochs:g}"
-    return [
-        parent,
-        (child, ["prune", "{work}/" + parent[0], "--target", f"macs={opt.child_macs:g}", "--data", "fashion-mnist",
-                 "--train-samples", str(opt.train_samples), "--val-samples", "2000", "--epochs",
-                 f"{opt.child_epochs:g}", "--kd", "--no-latency", "--trust-code"]),
-        (f"cascade-{child}", ["deploy", "cascade", "{work}/" + child, "{work}/" + parent[0], "--data",
-                              "fashion-mnist", "--val-samples", "2000", "--max-drop", "0.5", "--threads", "1",
-                              "--timed-images", "500", "--trust-code"]),
-    ]
+    steps = [parent, (child, ["prune", "{work}/" + parent[0], "--target", f"macs={opt.child_macs:g}", "--data",
+                              "fashion-mnist", "--train-samples", str(opt.train_samples), "--val-samples", "2000",
+                              "--epochs", f"{opt.child_epochs:g}", "--kd", "--no-latency", "--trust-code"])]
+    cascade = ["deploy", "cascade", "{work}/" + child, "{work}/" + parent[0], "--data", "fashion-mnist",
+               "--val-samples", "2000", "--max-drop", "0.5", "--threads", "1", "--timed-images", "500", "--trust-code"]
+    if not opt.converter_epochs:
+        return [*steps, (f"cascade-{child}", cascade)]
+    conv = f"converter-{child}-w{opt.converter_width}-e{opt.converter_epochs}"  # CBNet's autoencoder before the child
+    steps.append((conv, ["deploy", "converter", "{work}/" + child, "--data", "fashion-mnist", "--train-samples",
+                         str(opt.train_samples), "--val-samples", "2000", "--epochs", str(opt.converter_epochs),
+                         "--width", str(opt.converter_width), "--trust-code"]))
+    return [*steps, (f"cascade-{conv}", [*cascade, "--converter", "{work}/" + conv])]
 
 
 def _run_steps(work: Path, steps) -> list[str]:
@@ -165,7 +168,7 @@ def _cascade_figure(work: Path, runs: dict) -> None:
         c, h = report["choice"], report["heldout"]
         curve = sorted(c["curve"], key=lambda r: r["fraction_sent"])
         speed = m["big_alone_ms"]["mean"] / m["cascade_ms"]["mean"]
-        label = (f"{name.removeprefix('cascade-child-')}: child {run['child']['after']['macs'] / 1e6:.1f} M MACs, "
+        label = (f"{name.removeprefix('cascade-').replace('child-', '')}: child {run['child']['after']['macs'] / 1e6:.1f} M MACs, "
                  f"parent {run['child']['before']['macs'] / 1e6:.1f} M")
         ax.plot([100 * r["fraction_sent"] for r in curve], [r["accuracy"] for r in curve], color=color, label=label)
         ax.axhline(c["big_accuracy"] - 0.5, color=color, ls=":", lw=0.8)
@@ -287,6 +290,9 @@ def _options(argv: list[str]):
     ap.add_argument("--child-macs", type=float, default=0.2, help="cascade: the child's MACs, fraction of the parent")
     ap.add_argument("--child-epochs", type=float, default=3, help="cascade: KD fine-tuning epochs of the child")
     ap.add_argument("--no-time", action="store_true", help="cascade: train only, skip the timed cascade step")
+    ap.add_argument("--converter-epochs", type=int, default=0, help="cascade: train CBNet's converting autoencoder "
+                    "in front of the child for N epochs (0: none)")
+    ap.add_argument("--converter-width", type=int, default=16, help="cascade: the converter's channels")
     ap.add_argument("--split-parent-epochs", type=int, default=2)
     ap.add_argument("--split-parent-samples", type=int, default=12000)
     ap.add_argument("--split-lambdas", default="0.03,0.1,0.3")
