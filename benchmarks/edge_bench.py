@@ -89,9 +89,11 @@ def cascade_steps(opt) -> list[tuple[str, list[str]]]:
     if not opt.converter_epochs:
         return [*steps, (f"cascade-{child}", cascade)]
     conv = f"converter-{child}-w{opt.converter_width}-e{opt.converter_epochs}"  # CBNet's autoencoder before the child
+    conv += f"-ce{opt.converter_ce:g}" if opt.converter_ce else ""
     steps.append((conv, ["deploy", "converter", "{work}/" + child, "--data", "fashion-mnist", "--train-samples",
                          str(opt.train_samples), "--val-samples", "2000", "--epochs", str(opt.converter_epochs),
-                         "--width", str(opt.converter_width), "--trust-code"]))
+                         "--width", str(opt.converter_width), "--ce-weight", f"{opt.converter_ce:g}",
+                         "--trust-code"]))
     return [*steps, (f"cascade-{conv}", [*cascade, "--converter", "{work}/" + conv])]
 
 
@@ -293,6 +295,7 @@ def _options(argv: list[str]):
     ap.add_argument("--converter-epochs", type=int, default=0, help="cascade: train CBNet's converting autoencoder "
                     "in front of the child for N epochs (0: none)")
     ap.add_argument("--converter-width", type=int, default=16, help="cascade: the converter's channels")
+    ap.add_argument("--converter-ce", type=float, default=0.0, help="cascade: the converter's --ce-weight")
     ap.add_argument("--split-parent-epochs", type=int, default=2)
     ap.add_argument("--split-parent-samples", type=int, default=12000)
     ap.add_argument("--split-lambdas", default="0.03,0.1,0.3")

@@ -35,6 +35,9 @@ def test_conversion_loss_by_hand():
     value = loss(None, torch.tensor([0, 1]), X[[0, 3]])
     assert value.item() == pytest.approx((9 + 4) / 6)
     assert list(dict(loss.named_parameters())) == []  # the converter's parameters belong to the model only
+    # with ce_weight 2, equal logits add 2 x ln 2 (cross-entropy of a uniform 2-class guess)
+    mixed = ConversionLoss(nn.Identity(), easy, ce_weight=2.0)(torch.zeros(2, 2), torch.tensor([0, 1]), X[[0, 3]])
+    assert mixed.item() == pytest.approx((9 + 4) / 6 + 2 * np.log(2))
 
 
 def test_converter_shape_and_frozen_classifier():

@@ -184,6 +184,8 @@ def converter(
     lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(128, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
+    ce_weight: float = typer.Option(0.0, "--ce-weight", help="Add this x SMALL's cross-entropy on the converted "
+                                    "image to CBNet's reconstruction loss (0: CBNet's loss alone)"),
     train_samples: Optional[int] = TRAIN_SAMPLES_OPT,
     val_samples: Optional[int] = VAL_SAMPLES_OPT,
     input_size: Optional[str] = INPUT_SIZE_OPT,
@@ -198,7 +200,7 @@ def converter(
     from slimkit.utils.io import save_resolved_args
     from slimkit.utils.parse import parse_input_size
 
-    config = ConverterConfig(width=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    config = ConverterConfig(width=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, ce_weight=ce_weight)
     prepare_out_dir(out, resume=resume, overwrite=False, write=False)
     net, info = load_model(small, trust_code=trust_code)
     size = parse_input_size(input_size) or tuple(info.input_size)

@@ -30,10 +30,13 @@ class ConverterConfig:
     lr: float = 1e-3
     batch_size: int = 128
     seed: int = 0
+    # 0: CBNet's objective alone. > 0 adds this x the small model's cross-entropy on the converted image, so
+    # the converter keeps what the class needs (not in CBNet; a plain MSE converter can blur classes together)
+    ce_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if min(self.width, self.epochs, self.batch_size) < 1 or self.lr <= 0:
-            raise BadInputError("converter: --width, --epochs and --batch-size must be >= 1 and --lr > 0")
+        if min(self.width, self.epochs, self.batch_size) < 1 or self.lr <= 0 or self.ce_weight < 0:
+            raise BadInputError("converter: --width, --epochs and --batch-size must be >= 1, --lr > 0, --ce-weight >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,18 +86,21 @@ def easy_images(small: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int
 
 
 class ConversionLoss(nn.Module):
-    """Mean squared error between the converted input and its class's easy image (the CBNet objective)."""
+    """Mean squared error between the converted input and its class's easy image (the CBNet objective), plus
+    `ce_weight` x the cross-entropy of the logits (the small model's, on the converted image)."""
 
     wants_inputs = True  # fit() passes the input batch
 
-    def __init__(self, converter: nn.Module, easy: torch.Tensor) -> None:
+    def __init__(self, converter: nn.Module, easy: torch.Tensor, ce_weight: float = 0.0) -> None:
         super().__init__()
+        self.ce_weight = ce_weight
         # a plain reference, not a submodule: its parameters are the model's, not the loss's, in the optimizer
         self.__dict__["_converter"] = converter
         self.register_buffer("easy", easy)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(self._converter(inputs), self.easy[targets.long()])
+        loss = F.mse_loss(self._converter(inputs), self.easy[targets.long()])
+        return loss + self.ce_weight * F.cross_entropy(logits, targets.long()) if self.ce_weight else loss
 
 
 def train_converter(small: nn.Module, bundle, config: ConverterConfig, out: Path | None = None, info=None,
@@ -115,7 +121,7 @@ def train_converter(small: nn.Module, bundle, config: ConverterConfig, out: Path
                       weight_decay=0.0)
     extra = {"converter": config.to_dict(), "easy_image_classes": bundle.num_classes}
     info = None if info is None else replace(info, source="module")  # rebuilt by load_converted, not by name
-    return fit(model, bundle, cfg, out_dir=out, resume=resume, info=info, loss_fn=ConversionLoss(model.converter, easy),
+    return fit(model, bundle, cfg, out_dir=out, resume=resume, info=info, loss_fn=ConversionLoss(model.converter, easy, config.ce_weight),
                extra_metrics=extra)
 
 
