@@ -157,37 +157,49 @@ def _holdout(folder: Path, per_model_ms: dict, config: dict, seeds: int = 10) ->
 
 
 def _cascade_figure(work: Path, runs: dict) -> None:
-    """Cascade top-1 against the share sent to the parent, one line per pairing (curves from WORK/<run>/)."""
+    """Cascade top-1 against the share sent to the parent (curves from WORK/<run>/): the plain pairings on the
+    left, runs with CBNet's converter on the right next to the plain cascade of the same child."""
     from slimkit.report.plots import _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (name, run), color in zip(runs.items(), ("tab:blue", "tab:green", "tab:purple", "tab:brown")):
-        path = work / name / "report.json"
-        if not path.is_file():
-            continue
-        report, m = json.loads(path.read_text()), run["measured"]
-        c, h = report["choice"], report["heldout"]
-        curve = sorted(c["curve"], key=lambda r: r["fraction_sent"])
-        speed = m["big_alone_ms"]["mean"] / m["cascade_ms"]["mean"]
-        label = (f"{name.removeprefix('cascade-').replace('child-', '')}: child {run['child']['after']['macs'] / 1e6:.1f} M MACs, "
-                 f"parent {run['child']['before']['macs'] / 1e6:.1f} M")
-        ax.plot([100 * r["fraction_sent"] for r in curve], [r["accuracy"] for r in curve], color=color, label=label)
-        ax.axhline(c["big_accuracy"] - 0.5, color=color, ls=":", lw=0.8)
-        held = sorted(h["curve"], key=lambda r: r["fraction_sent"])
-        ax.plot([100 * r["fraction_sent"] for r in held], [r["accuracy"] for r in held], color=color, ls="--", lw=0.8)
-        ax.axhline(h["big_accuracy"] - 0.5, color=color, ls="-.", lw=0.6)
-        ax.plot([100 * c["fraction_sent"]], [c["accuracy"]], "o", color=color)
-        ax.plot([100 * h["fraction_sent"]], [h["accuracy"]], "x", color=color, ms=8)
-        ax.annotate(f"held out: {100 * h['fraction_sent']:.1f}% sent, {-h['drop']:+.2f} pt, {speed:.2f}x measured",
-                    (100 * h["fraction_sent"], h["accuracy"]), xytext=(8, -12), textcoords="offset points", color=color)
-    ax.set_xlabel("% of images sent to the parent")
-    ax.set_ylabel("cascade top-1 (%)")
-    ax.set_title("Confidence cascade on Fashion-MNIST: chosen on 1000 images (solid, o), scored on the other 1000\n"
-                 "(dashed, x); dotted / dash-dot: the parent's top-1 - 0.5 on each part", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    colors = iter(("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:red", "tab:olive", "tab:cyan"))
+    plain = {name: run for name, run in runs.items() if "converter" not in name}
+    for name, run in runs.items():
+        color = next(colors)
+        axs = [axes[1]] if "converter" in name else [axes[0]]
+        if "converter" not in name and any(name.removeprefix("cascade-") in k for k in runs if "converter" in k):
+            axs.append(axes[1])  # the reference for the converter runs of this child
+        for ax in axs:
+            _cascade_lines(ax, work / name, run, name.removeprefix("cascade-").replace("child-", ""), color)
+    for ax, title in zip(axes, ("compressed child -> parent", "with CBNet's converter before the child")):
+        ax.set_xlabel("% of images sent to the parent")
+        ax.set_ylabel("cascade top-1 (%)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(loc="lower right", fontsize=7)
+    if plain:
+        axes[0].set_ylim(80, 90)
+    fig.suptitle("Confidence cascade on Fashion-MNIST: chosen on 1000 images (solid, o), scored on the other 1000 "
+                 "(dashed, x); dotted: the parent's top-1 - 0.5 (held out)", fontsize=9)
     fig.tight_layout()
     fig.savefig(RESULTS / "edge_cascade.png", dpi=110)
+
+
+def _cascade_lines(ax, folder: Path, run: dict, label: str, color: str) -> None:
+    path = folder / "report.json"
+    if not path.is_file():
+        return
+    report, m = json.loads(path.read_text()), run["measured"]
+    c, h = report["choice"], report["heldout"]
+    speed = m["big_alone_ms"]["mean"] / m["cascade_ms"]["mean"]
+    label = (f"{label}: held out {100 * h['fraction_sent']:.1f}% sent, {-h['drop']:+.2f} pt, {speed:.2f}x measured")
+    for rows, style in ((c["curve"], "-"), (h["curve"], "--")):
+        rows = sorted(rows, key=lambda r: r["fraction_sent"])
+        ax.plot([100 * r["fraction_sent"] for r in rows], [r["accuracy"] for r in rows], color=color, ls=style,
+                lw=1.2 if style == "-" else 0.8, label=label if style == "-" else None)
+    ax.axhline(h["big_accuracy"] - 0.5, color=color, ls=":", lw=0.8)
+    ax.plot([100 * c["fraction_sent"]], [c["accuracy"]], "o", color=color)
+    ax.plot([100 * h["fraction_sent"]], [h["accuracy"]], "x", color=color, ms=8)
 
 
 def split_steps(opt) -> list[tuple[str, list[str]]]:
