@@ -81,15 +81,20 @@ def cascade_steps(opt) -> list[tuple[str, list[str]]]:
     """(output folder, slimkit arguments) of the cascade; each step is skipped when its folder exists."""
     parent = parent_step(opt.parent_epochs, opt.train_samples, opt.parent_model)
     child = f"child-{parent[0]}-macs{opt.child_macs:g}-e{opt.child_epochs:g}"
-    return [
-        parent,
-        (child, ["prune", "{work}/" + parent[0], "--target", f"macs={opt.child_macs:g}", "--data", "fashion-mnist",
-                 "--train-samples", str(opt.train_samples), "--val-samples", "2000", "--epochs",
-                 f"{opt.child_epochs:g}", "--kd", "--no-latency", "--trust-code"]),
-        (f"cascade-{child}", ["deploy", "cascade", "{work}/" + child, "{work}/" + parent[0], "--data",
-                              "fashion-mnist", "--val-samples", "2000", "--max-drop", "0.5", "--threads", "1",
-                              "--timed-images", "500", "--trust-code"]),
-    ]
+    steps = [parent, (child, ["prune", "{work}/" + parent[0], "--target", f"macs={opt.child_macs:g}", "--data",
+                              "fashion-mnist", "--train-samples", str(opt.train_samples), "--val-samples", "2000",
+                              "--epochs", f"{opt.child_epochs:g}", "--kd", "--no-latency", "--trust-code"])]
+    cascade = ["deploy", "cascade", "{work}/" + child, "{work}/" + parent[0], "--data", "fashion-mnist",
+               "--val-samples", "2000", "--max-drop", "0.5", "--threads", "1", "--timed-images", "500", "--trust-code"]
+    if not opt.converter_epochs:
+        return [*steps, (f"cascade-{child}", cascade)]
+    conv = f"converter-{child}-w{opt.converter_width}-e{opt.converter_epochs}"  # CBNet's autoencoder before the child
+    conv += f"-ce{opt.converter_ce:g}" if opt.converter_ce else ""
+    steps.append((conv, ["deploy", "converter", "{work}/" + child, "--data", "fashion-mnist", "--train-samples",
+                         str(opt.train_samples), "--val-samples", "2000", "--epochs", str(opt.converter_epochs),
+                         "--width", str(opt.converter_width), "--ce-weight", f"{opt.converter_ce:g}",
+                         "--trust-code"]))
+    return [*steps, (f"cascade-{conv}", [*cascade, "--converter", "{work}/" + conv])]
 
 
 def _run_steps(work: Path, steps) -> list[str]:
@@ -117,66 +122,85 @@ def bench_cascade(work: Path, opt) -> dict:
     report["choice"].pop("curve")
     pruned = json.loads((work / steps[1][0] / "report.json").read_text())
     parent = json.loads((work / steps[0][0] / "metrics.json").read_text())
-    return {"commands": commands, "choice": report["choice"], "measured": report["measured"],
+    report["heldout"].pop("curve")
+    return {"commands": commands, "config": report["config"], "choice": report["choice"], "heldout": report["heldout"],
+            "selection_images": report["selection_images"], "measured": report["measured"],
             "per_model_ms": report["per_model_ms"], "policy": report["policy"],
             "child": {k: pruned[k] for k in ("before", "after", "finetune")},
             "parent": {k: parent[k] for k in ("accuracy", "epochs_completed", "num_train")},
-            "holdout": _holdout(folder, report["per_model_ms"]), "environment": environment(report["threads"])}
+            "holdout_seeds": _holdout(folder, report["per_model_ms"], report["config"]),
+            "environment": environment(report["threads"])}
 
 
-def _holdout(folder: Path, per_model_ms: dict) -> list[dict]:
-    """The threshold chosen on one half of the validation images and scored on the other (both ways): the
-    command chooses and scores on the same images, so this shows how much of the margin is selection."""
+def _holdout(folder: Path, per_model_ms: dict, config: dict, seeds: int = 10) -> list[dict]:
+    """The command's choose-on-one-part, score-on-the-rest rule over several split seeds (no timing): how far
+    the held-out figures of one split (the command's seed) are from those of other splits; also with a
+    stricter --max-drop, to see whether choosing with a margin keeps the held-out drop in budget."""
     import numpy as np
 
     from slimkit.data import load_data
-    from slimkit.deploy.edge.cascade import choose_threshold, confidence
+    from slimkit.deploy.edge.cascade import choose_threshold, confidence, holdout_split, score_threshold
     from slimkit.deploy.edge.cascade_build import _all_logits
     from slimkit.deploy.onnx_export import ort_session
 
     x, y = (t.numpy() for t in load_data("fashion-mnist", input_size=(1, 28, 28), val_samples=2000).val.tensors())
     small, big = (_all_logits(ort_session(folder / f"{m}.onnx", 1), x.astype("float32")) for m in ("small", "big"))
-    conf, small_ok, big_ok = confidence(small), small.argmax(1) == y, big.argmax(1) == y
+    conf, small_ok, big_ok = confidence(small, config["kind"]), small.argmax(1) == y, big.argmax(1) == y
     t_small, t_big = per_model_ms["small"]["median"], per_model_ms["big"]["median"]
-    half, rows = len(y) // 2, []
-    for pick, score in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
-        c = choose_threshold(conf[pick], small_ok[pick], big_ok[pick], t_small, t_big, 0.5)
-        keep = conf[score] >= c.threshold
-        sent = 1.0 - float(keep.mean())
-        rows.append({"chosen_on": [pick.start or 0, pick.stop or len(y)],
-                     "threshold": None if np.isinf(c.threshold) else c.threshold,
-                     "heldout_top1": 100 * float(np.where(keep, small_ok[score], big_ok[score]).mean()),
-                     "heldout_parent_top1": 100 * float(big_ok[score].mean()), "heldout_sent": sent,
-                     "predicted_speedup": t_big / (t_small + sent * t_big)})
+    rows = []
+    for max_drop, seed in ((d, s) for d in dict.fromkeys((config["max_drop"], 0.25, 0.0)) for s in range(seeds)):
+        pick, score = holdout_split(len(y), config["holdout"], seed)
+        c = choose_threshold(conf[pick], small_ok[pick], big_ok[pick], t_small, t_big, max_drop)
+        held = score_threshold(c.threshold, conf[score], small_ok[score], big_ok[score], t_small, t_big)
+        rows.append({"max_drop": max_drop, "seed": seed, "threshold": None if np.isinf(c.threshold) else c.threshold,
+                     "selection_top1": c.accuracy, "heldout": held, "predicted_speedup": t_big / held["mean_latency_ms"]})
     return rows
 
 
 def _cascade_figure(work: Path, runs: dict) -> None:
-    """Cascade top-1 against the share sent to the parent, one line per pairing (curves from WORK/<run>/)."""
+    """Cascade top-1 against the share sent to the parent (curves from WORK/<run>/): the plain pairings on the
+    left, runs with CBNet's converter on the right next to the plain cascade of the same child."""
     from slimkit.report.plots import _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (name, run), color in zip(runs.items(), ("tab:blue", "tab:green", "tab:purple", "tab:brown")):
-        path = work / name / "report.json"
-        if not path.is_file():
-            continue
-        c, m = json.loads(path.read_text())["choice"], run["measured"]
-        curve = sorted(c["curve"], key=lambda r: r["fraction_sent"])
-        speed = m["big_alone_ms"]["mean"] / m["cascade_ms"]["mean"]
-        label = (f"{name.removeprefix('cascade-child-')}: child {run['child']['after']['macs'] / 1e6:.1f} M MACs, "
-                 f"parent {run['child']['before']['macs'] / 1e6:.1f} M")
-        ax.plot([100 * r["fraction_sent"] for r in curve], [r["accuracy"] for r in curve], color=color, label=label)
-        ax.axhline(c["big_accuracy"] - 0.5, color=color, ls=":", lw=0.8)
-        ax.plot([100 * c["fraction_sent"]], [c["accuracy"]], "o", color=color)
-        ax.annotate(f"chosen: {100 * c['fraction_sent']:.1f}% sent, {speed:.2f}x measured", (100 * c["fraction_sent"],
-                    c["accuracy"]), xytext=(8, -12), textcoords="offset points", color=color)
-    ax.set_xlabel("% of images sent to the parent")
-    ax.set_ylabel("cascade top-1 (%)")
-    ax.set_title("Confidence cascade on Fashion-MNIST (dotted: parent's top-1 - 0.5)")
-    ax.legend(loc="lower right", fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    colors = iter(("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:red", "tab:olive", "tab:cyan"))
+    plain = {name: run for name, run in runs.items() if "converter" not in name}
+    for name, run in runs.items():
+        color = next(colors)
+        axs = [axes[1]] if "converter" in name else [axes[0]]
+        if "converter" not in name and any(name.removeprefix("cascade-") in k for k in runs if "converter" in k):
+            axs.append(axes[1])  # the reference for the converter runs of this child
+        for ax in axs:
+            _cascade_lines(ax, work / name, run, name.removeprefix("cascade-").replace("child-", ""), color)
+    for ax, title in zip(axes, ("compressed child -> parent", "with CBNet's converter before the child")):
+        ax.set_xlabel("% of images sent to the parent")
+        ax.set_ylabel("cascade top-1 (%)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(loc="lower right", fontsize=7)
+    if plain:
+        axes[0].set_ylim(80, 90)
+    fig.suptitle("Confidence cascade on Fashion-MNIST: chosen on 1000 images (solid, o), scored on the other 1000 "
+                 "(dashed, x); dotted: the parent's top-1 - 0.5 (held out)", fontsize=9)
     fig.tight_layout()
     fig.savefig(RESULTS / "edge_cascade.png", dpi=110)
+
+
+def _cascade_lines(ax, folder: Path, run: dict, label: str, color: str) -> None:
+    path = folder / "report.json"
+    if not path.is_file():
+        return
+    report, m = json.loads(path.read_text()), run["measured"]
+    c, h = report["choice"], report["heldout"]
+    speed = m["big_alone_ms"]["mean"] / m["cascade_ms"]["mean"]
+    label = (f"{label}: held out {100 * h['fraction_sent']:.1f}% sent, {-h['drop']:+.2f} pt, {speed:.2f}x measured")
+    for rows, style in ((c["curve"], "-"), (h["curve"], "--")):
+        rows = sorted(rows, key=lambda r: r["fraction_sent"])
+        ax.plot([100 * r["fraction_sent"] for r in rows], [r["accuracy"] for r in rows], color=color, ls=style,
+                lw=1.2 if style == "-" else 0.8, label=label if style == "-" else None)
+    ax.axhline(h["big_accuracy"] - 0.5, color=color, ls=":", lw=0.8)
+    ax.plot([100 * c["fraction_sent"]], [c["accuracy"]], "o", color=color)
+    ax.plot([100 * h["fraction_sent"]], [h["accuracy"]], "x", color=color, ms=8)
 
 
 def split_steps(opt) -> list[tuple[str, list[str]]]:
@@ -281,6 +305,10 @@ def _options(argv: list[str]):
     ap.add_argument("--child-macs", type=float, default=0.2, help="cascade: the child's MACs, fraction of the parent")
     ap.add_argument("--child-epochs", type=float, default=3, help="cascade: KD fine-tuning epochs of the child")
     ap.add_argument("--no-time", action="store_true", help="cascade: train only, skip the timed cascade step")
+    ap.add_argument("--converter-epochs", type=int, default=0, help="cascade: train CBNet's converting autoencoder "
+                    "in front of the child for N epochs (0: none)")
+    ap.add_argument("--converter-width", type=int, default=16, help="cascade: the converter's channels")
+    ap.add_argument("--converter-ce", type=float, default=0.0, help="cascade: the converter's --ce-weight")
     ap.add_argument("--split-parent-epochs", type=int, default=2)
     ap.add_argument("--split-parent-samples", type=int, default=12000)
     ap.add_argument("--split-lambdas", default="0.03,0.1,0.3")
