@@ -56,3 +56,14 @@ def test_register_custom_criterion():
         assert PruneConfig(criterion="ones_for_test").criterion == "ones_for_test"
     finally:
         _CRITERIA.pop("ones_for_test")
+
+
+def test_layer_floor_default_follows_the_allocation(tmp_path):
+    """The per-layer floor defaults to 10% kept, 25% for the latency table's greedy path; an explicit value wins
+    and survives a round trip."""
+    assert PruneConfig().max_layer_prune == 0.9
+    table = PruneConfig(allocation="latency-table", latency_table=str(tmp_path / "t.json"))
+    assert table.max_layer_prune == 0.75
+    explicit = PruneConfig(allocation="latency-table", max_layer_prune=0.9)
+    assert explicit.max_layer_prune == 0.9
+    assert PruneConfig.from_json(table.to_json()).max_layer_prune == 0.75

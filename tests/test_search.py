@@ -68,16 +68,21 @@ def test_fraction_opens_choices_progressively(tiny):
     assert all(tiny.sample(rng, 0.0) == tiny.largest() for _ in range(5))
 
 
-def test_extracted_child_matches_supernet_exactly(tiny):
-    net = Supernet(tiny)
+def assert_children_match_supernet(space: SearchSpace, archs: list[Arch]) -> None:
+    """Each extracted child's outputs equal the supernet's run with its choices (random BN statistics)."""
+    net = Supernet(space)
     _randomize_bn(net)
     net.eval()
-    rng = random.Random(3)
-    for arch in [tiny.largest(), tiny.smallest()] + [tiny.sample(rng) for _ in range(3)]:
+    for arch in archs:
         net.set_active(arch)
         x = torch.randn(3, 1, arch.resolution, arch.resolution, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             assert torch.equal(net(x), net.extract(arch).eval()(x))
+
+
+def test_extracted_child_matches_supernet_exactly(tiny):
+    rng = random.Random(3)
+    assert_children_match_supernet(tiny, [tiny.largest(), tiny.smallest()] + [tiny.sample(rng) for _ in range(3)])
 
 
 def test_child_model_dir_loads_by_name(tiny, tmp_path):
@@ -132,12 +137,20 @@ def _fake_accuracy(arch: Arch) -> float:
     return 0.5 + 0.01 * sum(sum(k) + sum(e) for k, e in zip(arch.kernels, arch.expands)) + 0.1 * arch.width
 
 
-def test_search_is_deterministic_and_rejects_impossible_latency(tiny):
-    table = fake_table(tiny)
-    target = table.predict_ms(tiny.largest()) * 0.8
-    runs = [evolve(tiny, _fake_accuracy, table.predict_ms, target, config=EvolutionConfig(8, 3, seed=7))
+def search_twice(space: SearchSpace) -> tuple[list[Candidate], float]:
+    """The same seeded search run twice (asserted identical) on a fake table, and its target."""
+    table = fake_table(space)
+    target = table.predict_ms(space.largest()) * 0.8
+    runs = [evolve(space, _fake_accuracy, table.predict_ms, target, config=EvolutionConfig(8, 3, seed=7))
             for _ in range(2)]
     assert [c.arch.key() for c in runs[0]] == [c.arch.key() for c in runs[1]]
+    return runs[0], target
+
+
+def test_search_is_deterministic_and_rejects_impossible_latency(tiny):
+    table = fake_table(tiny)
+    found, target = search_twice(tiny)
+    runs = [found]
     assert [c.reward for c in runs[0]] == sorted((c.reward for c in runs[0]), reverse=True)
     best = runs[0][0]
     assert best.reward == pytest.approx(best.accuracy * (best.latency_ms / target) ** -0.07)

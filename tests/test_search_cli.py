@@ -30,15 +30,20 @@ def test_table_from_another_machine_warns_loudly(monkeypatch, capsys, tmp_path):
     assert f"{table.predict_ms(table.space.largest()):.4f} ms" in out
 
 
+def train_small(monkeypatch, capsys, space: str, run):
+    """`search train SPACE` for one epoch on 64 digits images; returns the run directory."""
+    code, _, err = run_cli(monkeypatch, capsys, "search", "train", space, "--data", "digits", "--epochs", "1",
+                           "--train-samples", "64", "--val-samples", "32", "--batch-size", "32", "--out", run,
+                           "--threads", "1")
+    assert code == 0, err
+    return run
+
+
 def test_train_then_search_writes_a_loadable_child(monkeypatch, capsys, tmp_path):
     from slimkit.models import load_model
     from slimkit.search.space import load_space
 
-    run = tmp_path / "run"
-    code, _, err = run_cli(monkeypatch, capsys, "search", "train", "tiny", "--data", "digits", "--epochs", "1",
-                           "--train-samples", "64", "--val-samples", "32", "--batch-size", "32", "--out", run,
-                           "--threads", "1")
-    assert code == 0, err
+    run = train_small(monkeypatch, capsys, "tiny", tmp_path / "run")
     table = fake_table(load_space("tiny"))
     table.conditions["threads"] = 1
     table.save(run / "latency_table.json")

@@ -118,6 +118,11 @@ def cascade(
     data: str = DATA_OPT,
     max_drop: float = typer.Option(0.5, "--max-drop", help="Allowed top-1 drop below BIG, in points"),
     kind: str = typer.Option("max_softmax", "--confidence", help="max_softmax or margin"),
+    holdout: float = typer.Option(0.5, "--holdout", help="Fraction of the validation images kept out of the "
+                                  "threshold choice and used to score it (strictly between 0 and 1)"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random selection/held-out split"),
+    converter: Optional[Path] = typer.Option(None, "--converter", help="A `deploy converter` output trained for "
+                                             "SMALL: its autoencoder runs in front of SMALL (CBNet)"),
     val_samples: Optional[int] = VAL_SAMPLES_OPT,
     threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime threads for every timing"),
     repetitions: int = typer.Option(100, "--repetitions", min=5, help="Timed calls per model (interleaved)"),
@@ -127,36 +132,86 @@ def cascade(
 ) -> None:
     """Small model first, big model for the unsure inputs: threshold chosen for the lowest measured latency."""
     from slimkit.data import load_data
-    from slimkit.deploy.edge.cascade import CONFIDENCE_KINDS
+    from slimkit.deploy.edge.cascade import CascadeConfig
     from slimkit.deploy.edge.cascade_build import build_cascade
     from slimkit.deploy.edge.cascade_report import write_cascade_report
-    from slimkit.errors import BadInputError
     from slimkit.models import load_model
     from slimkit.utils.io import atomic_dir, save_resolved_args
     from slimkit.utils.parse import parse_input_size
 
-    if kind not in CONFIDENCE_KINDS:
-        raise BadInputError(f"--confidence {kind!r}: choose one of {', '.join(CONFIDENCE_KINDS)}")
+    config = CascadeConfig(kind=kind, max_drop=max_drop, holdout=holdout, seed=seed)
     s_net, s_info = load_model(small, trust_code=trust_code)
     b_net, _ = load_model(big, trust_code=trust_code)
     size = parse_input_size(input_size) or tuple(s_info.input_size)
+    if converter is not None:
+        from slimkit.deploy.edge.converter import load_converted
+
+        s_net = load_converted(converter, s_net, size)
     bundle = load_data(data, input_size=size, val_samples=val_samples)
     x, y = (t.numpy() for t in bundle.val.tensors())
     with atomic_dir(out) as tmp:
         report = build_cascade(s_net.eval(), b_net.eval(), size, x.astype("float32"), y, bundle.num_classes, tmp,
-                               kind=kind, max_drop=max_drop, threads=threads, repetitions=repetitions,
-                               timed_images=timed_images)
+                               config, threads=threads, repetitions=repetitions, timed_images=timed_images)
         write_cascade_report(report, tmp, small, big, data)
-        save_resolved_args(tmp, "deploy cascade", {"small": small, "big": big, "data": data, "max_drop": max_drop,
-                                                   "confidence": kind, "threads": threads, "input_size": list(size)})
-    c, m = report["choice"], report["measured"]
+        save_resolved_args(tmp, "deploy cascade", {"small": small, "big": big, "data": data, **config.to_dict(),
+                                                   "converter": None if converter is None else str(converter),
+                                                   "threads": threads, "input_size": list(size)})
+    _print_cascade(report, out, threads)
+
+
+def _print_cascade(report: dict, out: Path, threads: int) -> None:
+    c, h, m = report["choice"], report["heldout"], report["measured"]
+    line = lambda r, n: (f"top-1 {r['accuracy']:.2f}% (BIG {r['big_accuracy']:.2f}%, SMALL {r['small_accuracy']:.2f}%), "  # noqa: E731
+                         f"{100 * r['fraction_sent']:.1f}% sent on, predicted {r['mean_latency_ms']:.3f} ms ({n} images)")
     console().print(
-        f"threshold {report['policy']['threshold']} ({kind}): top-1 {c['accuracy']:.2f}% (BIG {c['big_accuracy']:.2f}%, "
-        f"SMALL {c['small_accuracy']:.2f}%), {100 * c['fraction_sent']:.1f}% sent on\n"
-        f"measured per image ({m['cascade_ms']['n']} images, ONNX Runtime, {threads} thread(s)): cascade mean "
+        f"threshold {report['policy']['threshold']} ({report['config']['kind']}) chosen on "
+        f"{report['selection_images']} images: {line(c, report['selection_images'])}\n"
+        f"held out: {line(h, h['images'])}, {-h['drop']:+.2f} points vs BIG\n"
+        f"measured per held-out image ({m['cascade_ms']['n']} images, ONNX Runtime, {threads} thread(s)): cascade mean "
         f"{m['cascade_ms']['mean']:.3f} ms, p90 {m['cascade_ms']['p90']:.3f} ms; BIG alone mean "
         f"{m['big_alone_ms']['mean']:.3f} ms ({m['big_alone_ms']['mean'] / m['cascade_ms']['mean']:.2f}x)\n"
         f"cascade: {out}", highlight=False, soft_wrap=True)
+
+
+@deploy_app.command("converter")
+def converter(
+    small: str = typer.Argument(..., help="The cascade's small model: " + MODEL_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory: converter + SMALL, usable as SMALL of "
+                             "`deploy cascade`"),
+    data: str = DATA_OPT,
+    width: int = typer.Option(16, "--width", min=1, help="Converter channels (2x at its bottleneck)"),
+    epochs: int = typer.Option(2, "--epochs", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(128, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    ce_weight: float = typer.Option(0.0, "--ce-weight", help="Add this x SMALL's cross-entropy on the converted "
+                                    "image to CBNet's reconstruction loss (0: CBNet's loss alone)"),
+    train_samples: Optional[int] = TRAIN_SAMPLES_OPT,
+    val_samples: Optional[int] = VAL_SAMPLES_OPT,
+    input_size: Optional[str] = INPUT_SIZE_OPT,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow a model directory built from user code to import it"),
+) -> None:
+    """Train CBNet's converting autoencoder in front of SMALL (frozen): hard images toward easy ones of their class."""
+    from slimkit.data import load_data
+    from slimkit.deploy.edge.converter import ConverterConfig, easy_images, train_converter
+    from slimkit.engine.outputs import prepare_out_dir
+    from slimkit.models import load_model
+    from slimkit.utils.io import save_resolved_args
+    from slimkit.utils.parse import parse_input_size
+
+    config = ConverterConfig(width=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, ce_weight=ce_weight)
+    prepare_out_dir(out, resume=resume, overwrite=False, write=False)
+    net, info = load_model(small, trust_code=trust_code)
+    size = parse_input_size(input_size) or tuple(info.input_size)
+    bundle = load_data(data, input_size=size, train_samples=train_samples, val_samples=val_samples, seed=seed)
+    easy = easy_images(net, *bundle.train.tensors(), bundle.num_classes)  # fails before anything is written
+    prepare_out_dir(out, resume=resume, overwrite=False, write=True)
+    save_resolved_args(out, "deploy converter", {"small": small, "data": data, **config.to_dict(),
+                                                 "input_size": list(size)})
+    result = train_converter(net, bundle, config, out=out, info=info, resume=resume, easy=easy)
+    console().print(f"converter + SMALL: val top-1 {100 * result.metrics['accuracy']:.2f}% after "
+                    f"{result.epochs_completed} epoch(s); model directory: {out}", highlight=False)
 
 
 @deploy_app.command("split")

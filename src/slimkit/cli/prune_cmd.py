@@ -19,7 +19,11 @@ def prune_command(
     target: Optional[str] = typer.Option(None, "--target", help="macs=F | params=F | latency=F (fraction of the original)"),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Fixed fraction of channels to remove instead of a target"),
     criterion: Optional[str] = typer.Option(None, "--criterion", help="l1, l2 (default), bn_scale, taylor, random, lrp"),
-    allocation: Optional[str] = typer.Option(None, "--allocation", help="uniform | global (default) | adaptive (cost-aware)"),
+    allocation: Optional[str] = typer.Option(None, "--allocation",
+                                             help="uniform | global (default) | adaptive (cost-aware) | latency-table"),
+    latency_table: Optional[Path] = typer.Option(None, "--latency-table",
+                                                 help="Per-layer latency table of MODEL (JSON): read if it exists, "
+                                                      "else timed here and saved; implies --allocation latency-table"),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Channel multiple (default 8; latency targets measure 1/8/16)"),
     unstructured: Optional[float] = typer.Option(None, "--unstructured", help="Extra weight sparsity 0..1 (gradual if --epochs)"),
     unstructured_scope: Optional[str] = typer.Option(None, "--unstructured-scope", help="global (default) | layer | lamp"),

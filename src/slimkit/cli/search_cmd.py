@@ -14,7 +14,7 @@ from slimkit.errors import BadInputError
 app = typer.Typer(help="Hardware-aware NAS: latency tables measured here, a once-for-all supernet, evolutionary search.",
                   no_args_is_help=True)
 
-SPACE_ARG = typer.Argument(..., help="Built-in space (mbv2, tiny) or a space YAML file")
+SPACE_ARG = typer.Argument(..., help="Built-in space (mbv2, emov2, tiny, tiny_irmb) or a space YAML file")
 THREADS_OPT = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: torch's)")
 TRAIN_INFO = "search_train.json"
 
@@ -37,7 +37,7 @@ def spaces(show: Optional[str] = typer.Argument(None, help="Print this space as 
         return
     for name in SPACES.names():
         sp = load_space(name)
-        console().print(f"{name:6s} {sp.size():.3g} children  {SPACES.meta(name).get('description', '')}")
+        console().print(f"{name:9s} {sp.size():.3g} children  {SPACES.meta(name).get('description', '')}")
 
 
 @app.command("latency-table")
@@ -51,7 +51,7 @@ def latency_table(
     calibrate: int = typer.Option(12, "--calibrate", min=0, help="Whole children measured to fit the correction"),
     validate: int = typer.Option(0, "--validate", min=0, help="Also time N other children in the same rounds and "
                                  "report the prediction error"),
-    statistic: str = typer.Option("median", "--statistic", help="median | min: the per-part figure predictions add "
+    statistic: str = typer.Option("min", "--statistic", help="median | min: the per-part figure predictions add "
                                   "(min resists a busy machine)"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -93,7 +93,7 @@ def predict(table: Path = typer.Argument(..., help="Latency table (JSON)"),
     _warn_conditions(tab, threads)
     archs = [Arch.model_validate(json.loads(arch))] if arch else [tab.space.largest(), tab.space.smallest()]
     for a in archs:
-        console().print(f"{tab.predict_ms(tab.space.validate_arch(a)):.4f} ms  {a.key()}")
+        console().print(f"{tab.predict_ms(tab.space.validate_arch(a)):.4f} ms  {a.key()}", markup=False)  # JSON, not markup
 
 
 @app.command("pick")

@@ -13,30 +13,39 @@ import torch
 import torch.nn as nn
 from timm.models import register_model
 
+from slimkit.search.irmb import IRMBBlock
 from slimkit.search.space import Arch, SearchSpace
 
 __all__ = ["ChildNet", "MBBlock", "child_spec", "slimkit_nas_child"]
 
 
 def child_spec(space: SearchSpace, arch: Arch) -> dict[str, Any]:
-    """The concrete layer sizes of `arch`: blocks as [in, hidden, out, kernel, stride, residual]."""
+    """The concrete layer sizes of `arch`: blocks as [in, hidden, out, kernel, stride, residual] (iRMB spaces:
+    + attention, and the spec names the block kind and the head width)."""
     cin = space.stem_out(arch.width)
     spec: dict[str, Any] = {"in_chans": space.in_chans, "num_classes": space.num_classes, "stem": cin,
                             "stem_stride": space.stem_stride, "head": space.head_channels,
                             "resolution": arch.resolution, "blocks": []}
+    if space.block == "irmb":  # MBConv specs stay as before: saved child directories keep loading
+        spec.update(block="irmb", head_dim=space.head_dim)
     for si, stage in enumerate(space.stages):
         cout = space.channels(si, arch.width)
         for bi in range(arch.depths[si]):
             stride = stage.stride if bi == 0 else 1
             residual = bi > 0 or (stride == 1 and cin == cout)
-            spec["blocks"].append([cin, cin * arch.expands[si][bi], cout, arch.kernels[si][bi], stride, residual])
+            row = [cin, cin * arch.expands[si][bi], cout, arch.kernels[si][bi], stride, residual]
+            spec["blocks"].append(row + [arch.attention[si][bi]] if arch.attention is not None else row)
             cin = cout
     return spec
 
 
-def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1, act: bool = True) -> list[nn.Module]:
+ACTIVATIONS = {"mbconv": nn.ReLU6, "irmb": nn.SiLU}  # of the stem and head (and inside the blocks)
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1, act: bool = True,
+             kind: str = "mbconv") -> list[nn.Module]:
     layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-    return layers + [nn.ReLU6()] if act else layers
+    return layers + [ACTIVATIONS[kind]()] if act else layers
 
 
 class MBBlock(nn.Module):
@@ -58,17 +67,22 @@ class MBBlock(nn.Module):
 
 
 class ChildNet(nn.Module):
-    """A searched network: stem, MBConv blocks, 1x1 head, average pool, linear classifier."""
+    """A searched network: stem, MBConv or iRMB blocks, 1x1 head, average pool, linear classifier."""
 
     def __init__(self, spec: dict[str, Any]):
         super().__init__()
         self.spec = spec
         self.num_classes = int(spec["num_classes"])
         self.input_size = (int(spec["in_chans"]), int(spec["resolution"]), int(spec["resolution"]))
-        self.stem = nn.Sequential(*_conv_bn(spec["in_chans"], spec["stem"], 3, spec["stem_stride"]))
-        self.blocks = nn.Sequential(*[MBBlock(*b) for b in spec["blocks"]])
+        kind = spec.get("block", "mbconv")
+        self.stem = nn.Sequential(*_conv_bn(spec["in_chans"], spec["stem"], 3, spec["stem_stride"], kind=kind))
+        if kind == "irmb":
+            blocks = [IRMBBlock(*b, head_dim=spec["head_dim"]) for b in spec["blocks"]]
+        else:
+            blocks = [MBBlock(*b) for b in spec["blocks"]]
+        self.blocks = nn.Sequential(*blocks)
         last = spec["blocks"][-1][2] if spec["blocks"] else spec["stem"]
-        self.head = nn.Sequential(*_conv_bn(last, spec["head"], 1, 1))
+        self.head = nn.Sequential(*_conv_bn(last, spec["head"], 1, 1, kind=kind))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(spec["head"], self.num_classes)
 

@@ -62,7 +62,7 @@ def mutate(space: SearchSpace, arch: Arch, rng: random.Random, p: float) -> Arch
     def maybe(value: Any, options: list) -> Any:
         return rng.choice(options) if rng.random() < p else value
 
-    depths, kernels, expands = [], [], []
+    depths, kernels, expands, attention = [], [], [], []
     for si, stage in enumerate(space.stages):
         d = maybe(arch.depths[si], stage.depths)
         ks = [maybe(k, space.kernels) for k in arch.kernels[si]] + [rng.choice(space.kernels) for _ in range(d)]
@@ -70,8 +70,13 @@ def mutate(space: SearchSpace, arch: Arch, rng: random.Random, p: float) -> Arch
         depths.append(d)
         kernels.append(ks[:d])
         expands.append(es[:d])
+        if arch.attention is not None:  # drawn only in iRMB spaces: MBConv searches keep their random stream
+            old = arch.attention[si]
+            attention.append([maybe(old[bi], space.attention_options(si, bi)) if bi < len(old)
+                              else rng.choice(space.attention_options(si, bi)) for bi in range(d)])
     return Arch(resolution=maybe(arch.resolution, space.resolutions), width=maybe(arch.width, space.widths),
-                depths=depths, kernels=kernels, expands=expands)
+                depths=depths, kernels=kernels, expands=expands,
+                attention=attention if arch.attention is not None else None)
 
 
 def crossover(a: Arch, b: Arch, rng: random.Random) -> Arch:
@@ -79,7 +84,8 @@ def crossover(a: Arch, b: Arch, rng: random.Random) -> Arch:
     stages = [rng.choice((a, b)) for _ in a.depths]
     return Arch(resolution=rng.choice((a, b)).resolution, width=rng.choice((a, b)).width,
                 depths=[p.depths[i] for i, p in enumerate(stages)], kernels=[p.kernels[i] for i, p in enumerate(stages)],
-                expands=[p.expands[i] for i, p in enumerate(stages)])
+                expands=[p.expands[i] for i, p in enumerate(stages)],
+                attention=None if a.attention is None else [p.attention[i] for i, p in enumerate(stages)])
 
 
 def evolve(space: SearchSpace, accuracy: Callable[[Arch], float], latency: Callable[[Arch], float], target_ms: float,

@@ -9,6 +9,7 @@ blocks misses (memory traffic between blocks, the graph's own overhead) shows up
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import tempfile
@@ -22,11 +23,11 @@ import torch.nn as nn
 
 from slimkit.errors import BadInputError
 from slimkit.search.child import ChildNet, MBBlock, _conv_bn, child_spec
+from slimkit.search.irmb import IRMBBlock
 from slimkit.search.space import Arch, SearchSpace
 
-__all__ = ["space_parts", "arch_parts", "part_module", "measure_modules", "measure_archs", "measure_children",
-           "condition_mismatches",
-           "error_summary", "fit_line"]
+__all__ = ["space_parts", "arch_parts", "part_module", "export_modules", "module_runners", "time_runners",
+           "measure_modules", "measure_archs", "measure_children", "condition_mismatches", "error_summary", "fit_line"]
 
 log = logging.getLogger(__name__)
 
@@ -35,37 +36,40 @@ def _down(h: int, stride: int) -> int:
 
 
 def arch_parts(space: SearchSpace, arch: Arch) -> list[str]:
-    """The table keys whose sum is `arch`'s network: stem, one key per block, head."""
+    """The table keys whose sum is `arch`'s network: stem, one key per block, head (iRMB spaces: `irmb:` blocks
+    with their attention and head width, and SiLU stem and head)."""
     spec = child_spec(space, arch)
+    irmb = space.block == "irmb"
+    act = "-silu" if irmb else ""
     h = _down(arch.resolution, space.stem_stride)
-    keys = [f"stem:{space.in_chans}-{spec['stem']}-s{space.stem_stride}@{arch.resolution}"]
-    for cin, hidden, cout, k, stride, residual in spec["blocks"]:
-        keys.append(f"block:{cin}-{hidden}-{cout}-k{k}-s{stride}-r{int(residual)}@{h}")
+    keys = [f"stem:{space.in_chans}-{spec['stem']}-s{space.stem_stride}{act}@{arch.resolution}"]
+    for cin, hidden, cout, k, stride, residual, *attn in spec["blocks"]:
+        shape = f"{cin}-{hidden}-{cout}-k{k}-s{stride}-r{int(residual)}"
+        keys.append(f"irmb:{shape}-a{int(attn[0])}-h{space.head_dim}@{h}" if irmb else f"block:{shape}@{h}")
         h = _down(h, stride)
     last = spec["blocks"][-1][2]
-    keys.append(f"head:{last}-{space.head_channels}-{space.num_classes}@{h}")
+    keys.append(f"head:{last}-{space.head_channels}-{space.num_classes}{act}@{h}")
     return keys
 
 
 def space_parts(space: SearchSpace) -> list[str]:
-    """Every key any child of `space` can need (the uniform children of each (width, resolution, k, e)
-    cover every block shape: a block's shape depends on its own k, e and the global width/resolution only)."""
+    """Every key any child of `space` can need (the uniform children of each (width, resolution, k, e, attention)
+    cover every block shape: a block's shape depends on its own choices and the global width/resolution only)."""
     keys: dict[str, None] = {}
-    for w in space.widths:
-        for r in space.resolutions:
-            for k in space.kernels:
-                for e in space.expands:
-                    depths = [max(s.depths) for s in space.stages]
-                    arch = Arch(resolution=r, width=w, depths=depths, kernels=[[k] * d for d in depths],
-                                expands=[[e] * d for d in depths])
-                    keys.update(dict.fromkeys(arch_parts(space, arch)))
+    depths = [max(s.depths) for s in space.stages]
+    for w, r, k, e, on in itertools.product(space.widths, space.resolutions, space.kernels, space.expands,
+                                            (False, True) if space.block == "irmb" else (None,)):
+        attention = None if on is None else space.attention_for(depths, lambda opts, on=on: on if on in opts else opts[0])
+        arch = Arch(resolution=r, width=w, depths=depths, kernels=[[k] * d for d in depths],
+                    expands=[[e] * d for d in depths], attention=attention)
+        keys.update(dict.fromkeys(arch_parts(space, arch)))
     return list(keys)
 
 
 class _Head(nn.Module):
-    def __init__(self, cin: int, head: int, classes: int):
+    def __init__(self, cin: int, head: int, classes: int, kind: str = "mbconv"):
         super().__init__()
-        self.conv = nn.Sequential(*_conv_bn(cin, head, 1, 1))
+        self.conv = nn.Sequential(*_conv_bn(cin, head, 1, 1, kind=kind))
         self.classifier = nn.Linear(head, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,15 +89,19 @@ def part_module(key: str) -> tuple[nn.Module, tuple[int, int, int]]:
     shape, h = rest.rsplit("@", 1)
     h = int(h)
     fields = shape.split("-")
+    block = "irmb" if fields[-1] == "silu" else "mbconv"
     if kind == "stem":
         cin, cout, stride = int(fields[0]), int(fields[1]), int(fields[2][1:])
-        return nn.Sequential(*_conv_bn(cin, cout, 3, stride)), (cin, h, h)
-    if kind == "block":
+        return nn.Sequential(*_conv_bn(cin, cout, 3, stride, kind=block)), (cin, h, h)
+    if kind in ("block", "irmb"):
         cin, hidden, cout = (int(v) for v in fields[:3])
         k, stride, residual = int(fields[3][1:]), int(fields[4][1:]), fields[5] == "r1"
+        if kind == "irmb":
+            attention, head_dim = fields[6] == "a1", int(fields[7][1:])
+            return IRMBBlock(cin, hidden, cout, k, stride, residual, attention, head_dim), (cin, h, h)
         return MBBlock(cin, hidden, cout, k, stride, residual), (cin, h, h)
     if kind == "head":
-        return _Head(*(int(v) for v in fields)), (int(fields[0]), h, h)
+        return _Head(*(int(v) for v in fields[:3]), kind=block), (int(fields[0]), h, h)
     if kind == "call":
         return _Call(), (int(fields[0]), h, h)
     raise BadInputError(f"unknown latency-table key {key!r}")
@@ -112,25 +120,54 @@ class Measured:
                 "repetitions": self.repetitions}
 
 
-def measure_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], threads: int, *,
-                    repetitions: int = 40, rounds: int = 5, progress: Any = None) -> dict[str, Measured]:
-    """Export each module (verified) and time all of them in ONNX Runtime, interleaved round by round."""
+def export_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], directory: str | Path,
+                   progress: Any = None) -> dict[str, Path]:
+    """Each module exported (verified) to DIRECTORY/m<i>.onnx; a file already there is kept (an export-only
+    pass can run on a busy machine and the timing later, alone)."""
     from slimkit.deploy.onnx_export import export_onnx
+
+    paths = {}
+    for i, (name, (module, size)) in enumerate(modules.items()):
+        paths[name] = Path(directory) / f"m{i}.onnx"
+        if not paths[name].is_file():
+            export_onnx(module.eval(), size, paths[name], dynamic_batch=False)
+        if progress is not None:
+            progress()
+    return paths
+
+
+def module_runners(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], threads: int, *,
+                   progress: Any = None, export_dir: str | Path | None = None) -> dict[str, Any]:
+    """Export each module (verified; reusing `export_dir`'s files) and open it in ONNX Runtime: name ->
+    zero-argument runner on a fixed input. Exporting is the slow half of a table build; it is apart from the
+    timing so a caller can hold the CPU alone for the timing only."""
     from slimkit.deploy.runtime import open_runner
+
+    runners = {}
+    with tempfile.TemporaryDirectory(prefix="slimkit-lat-") as tmp:
+        paths = export_modules(modules, export_dir or tmp, progress)
+        for i, (name, (_, size)) in enumerate(modules.items()):
+            run = open_runner("onnx", paths[name], threads)  # the session holds the graph: the file may go
+            x = np.random.default_rng(i).standard_normal((1, *size)).astype(np.float32)
+            runners[name] = lambda run=run, x=x: run(x)
+    return runners
+
+
+def time_runners(runners: dict[str, Any], *, repetitions: int = 40, rounds: int = 5) -> dict[str, Measured]:
+    """Time runners interleaved round by round (median, IQR, p90, min per call in ms)."""
     from slimkit.profile.timing import measure_interleaved
 
-    candidates = {}
-    with tempfile.TemporaryDirectory(prefix="slimkit-lat-") as tmp:
-        for i, (name, (module, size)) in enumerate(modules.items()):
-            module.eval()
-            path = export_onnx(module, size, Path(tmp) / f"m{i}.onnx", dynamic_batch=False).path
-            run = open_runner("onnx", path, threads)
-            x = np.random.default_rng(i).standard_normal((1, *size)).astype(np.float32)
-            candidates[name] = lambda run=run, x=x: run(x)
-            if progress is not None:
-                progress()
-        timings = measure_interleaved(candidates, warmup=5, repetitions=repetitions, rounds=rounds)
+    timings = measure_interleaved(runners, warmup=5, repetitions=repetitions, rounds=rounds)
     return {k: Measured(t.median, t.iqr, t.p90, t.min, t.repetitions) for k, t in timings.items()}
+
+
+def measure_modules(modules: dict[str, tuple[nn.Module, tuple[int, int, int]]], threads: int, *,
+                    repetitions: int = 40, rounds: int = 5, progress: Any = None,
+                    export_dir: str | Path | None = None) -> dict[str, Measured]:
+    """Export each module (verified; reusing `export_dir`'s files) and time all of them in ONNX Runtime,
+    interleaved round by round."""
+    runners = module_runners(modules, threads, progress=progress, export_dir=export_dir)
+    return time_runners(runners, repetitions=repetitions, rounds=rounds)
 
 
 def _cpu() -> dict[str, Any]:

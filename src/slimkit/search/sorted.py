@@ -45,7 +45,8 @@ def ladder(space: SearchSpace, levels: int) -> list[Arch]:
         depths = [at(s.depths, t) for s in space.stages]
         arch = Arch(resolution=at(space.resolutions, t), width=at(space.widths, t), depths=depths,
                     kernels=[[at(space.kernels, t)] * d for d in depths],
-                    expands=[[at(space.expands, t)] * d for d in depths])
+                    expands=[[at(space.expands, t)] * d for d in depths],
+                    attention=space.attention_for(depths, lambda options, t=t: at(options, t)))
         if not archs or arch != archs[-1]:
             archs.append(arch)
     return archs

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.search.child import ChildNet, child_spec
+from slimkit.search.irmb import attend, num_heads
 from slimkit.search.space import Arch, SearchSpace
 
 __all__ = ["Supernet", "ElasticBN"]
@@ -40,7 +41,8 @@ def _conv(x: torch.Tensor, conv: nn.Conv2d, out: int, k: int | None = None, grou
     k = k or full
     lo = (full - k) // 2
     w = w[:, :, lo:lo + k, lo:lo + k].contiguous()
-    return F.conv2d(x, w, None, conv.stride, k // 2, 1, groups)
+    bias = None if conv.bias is None else conv.bias[:out]
+    return F.conv2d(x, w, bias, conv.stride, k // 2, 1, groups)
 
 
 class ElasticBlock(nn.Module):
@@ -56,7 +58,8 @@ class ElasticBlock(nn.Module):
         self.project = nn.Conv2d(max_hidden, max_out, 1, bias=False)
         self.bn3 = ElasticBN(max_out)
 
-    def forward(self, x: torch.Tensor, hidden: int, out: int, k: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, row: list) -> torch.Tensor:
+        _, hidden, out, k = row[:4]
         h = F.relu6(self.bn1(_conv(x, self.expand, hidden)))
         h = F.relu6(self.bn2(_conv(h, self.dw, hidden, k, groups=hidden)))
         y = self.bn3(_conv(h, self.project, out))
@@ -65,6 +68,51 @@ class ElasticBlock(nn.Module):
     def residual(self, cin: int, out: int) -> bool:
         return not self.first or (self.dw.stride[0] == 1 and cin == out)
 
+    def pairs(self, child: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+        """(child layer, own layer) for every layer `extract` copies."""
+        return [(getattr(child, n), getattr(self, n)) for n in ("expand", "bn1", "dw", "bn2", "project", "bn3")]
+
+
+class ElasticIRMB(nn.Module):
+    """An iRMB (slimkit.search.irmb) at its largest; Q and K exist only where attention is a choice."""
+
+    def __init__(self, max_in: int, max_hidden: int, max_out: int, max_k: int, stride: int, attention: bool,
+                 head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.norm = ElasticBN(max_in)
+        self.v = nn.Conv2d(max_in, max_hidden, 1, bias=True)
+        self.q = nn.Conv2d(max_in, max_in, 1, bias=True) if attention else None
+        self.k = nn.Conv2d(max_in, max_in, 1, bias=True) if attention else None
+        self.dw = nn.Conv2d(max_hidden, max_hidden, max_k, stride, max_k // 2, groups=max_hidden, bias=False)
+        self.bn2 = ElasticBN(max_hidden)
+        self.proj = nn.Conv2d(max_hidden, max_out, 1, bias=False)
+        self.bn3 = ElasticBN(max_out)
+
+    def forward(self, x: torch.Tensor, row: list) -> torch.Tensor:
+        cin, hidden, out, k, _, residual, attention = row
+        n = self.norm(x)
+        h = F.silu(_conv(n, self.v, hidden))
+        if attention:
+            h = attend(_conv(n, self.q, cin), _conv(n, self.k, cin), h, num_heads(cin, self.head_dim))
+        local = F.silu(self.bn2(_conv(h, self.dw, hidden, k, groups=hidden)))
+        y = self.bn3(_conv(local + h if residual else local, self.proj, out))
+        return y + x if residual else y
+
+    def pairs(self, child: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+        names = ["norm", "v", "dw", "bn2", "proj", "bn3"] + (["q", "k"] if child.q is not None else [])
+        return [(getattr(child, n), getattr(self, n)) for n in names]
+
+
+def _make_block(space: SearchSpace, stage: int, j: int, cin: int, cout: int) -> nn.Module:
+    """Block j of a stage at its largest (the first takes the previous stage's channels and the stride)."""
+    spec, emax, kmax = space.stages[stage], max(space.expands), max(space.kernels)
+    stride = spec.stride if j == 0 else 1
+    if space.block == "irmb":
+        return ElasticIRMB(cin, cin * emax, cout, kmax, stride, True in space.attention_options(stage, j),
+                           space.head_dim)
+    return ElasticBlock(cin, cin * emax, cout, kmax, stride, j == 0)
+
 
 class Supernet(nn.Module):
     """Every child of `space` in one module; `set_active(arch)` picks the child that forward() runs."""
@@ -72,15 +120,15 @@ class Supernet(nn.Module):
     def __init__(self, space: SearchSpace):
         super().__init__()
         self.space = space
-        wmax, kmax, emax = max(space.widths), max(space.kernels), max(space.expands)
+        wmax = max(space.widths)
+        self.act = F.silu if space.block == "irmb" else F.relu6
         self.stem = nn.Conv2d(space.in_chans, space.stem_out(wmax), 3, space.stem_stride, 1, bias=False)
         self.stem_bn = ElasticBN(space.stem_out(wmax))
         self.stages = nn.ModuleList()
         cin = space.stem_out(wmax)
         for i, stage in enumerate(space.stages):
             cout = space.channels(i, wmax)
-            blocks = [ElasticBlock(cin if j == 0 else cout, (cin if j == 0 else cout) * emax, cout, kmax,
-                                   stage.stride if j == 0 else 1, j == 0) for j in range(max(stage.depths))]
+            blocks = [_make_block(space, i, j, cin if j == 0 else cout, cout) for j in range(max(stage.depths))]
             self.stages.append(nn.ModuleList(blocks))
             cin = cout
         self.head = nn.Conv2d(cin, space.head_channels, 1, bias=False)
@@ -94,11 +142,10 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spec = child_spec(self.space, self.active)
-        x = F.relu6(self.stem_bn(_conv(x, self.stem, spec["stem"])))
-        for block, (si, bi) in zip(spec["blocks"], _positions(self.active)):
-            _, hidden, out, k = block[:4]
-            x = self.stages[si][bi](x, hidden, out, k)
-        x = F.relu6(self.head_bn(_conv(x, self.head, self.space.head_channels)))
+        x = self.act(self.stem_bn(_conv(x, self.stem, spec["stem"])))
+        for row, (si, bi) in zip(spec["blocks"], _positions(self.active)):
+            x = self.stages[si][bi](x, row)
+        x = self.act(self.head_bn(_conv(x, self.head, self.space.head_channels)))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return F.linear(x, self.classifier.weight, self.classifier.bias)
 
@@ -111,12 +158,8 @@ class Supernet(nn.Module):
         _copy_conv(child.stem[0], self.stem)
         _copy_bn(child.stem[1], self.stem_bn)
         for block, (si, bi) in zip(child.blocks, _positions(arch)):
-            src = self.stages[si][bi]
-            for conv, bn, s_conv, s_bn in ((block.expand, block.bn1, src.expand, src.bn1),
-                                           (block.dw, block.bn2, src.dw, src.bn2),
-                                           (block.project, block.bn3, src.project, src.bn3)):
-                _copy_conv(conv, s_conv)
-                _copy_bn(bn, s_bn)
+            for dst, src in self.stages[si][bi].pairs(block):
+                (_copy_bn if isinstance(dst, nn.BatchNorm2d) else _copy_conv)(dst, src)
         _copy_conv(child.head[0], self.head)
         _copy_bn(child.head[1], self.head_bn)
         child.classifier.load_state_dict(self.classifier.state_dict())
@@ -132,6 +175,8 @@ def _copy_conv(dst: nn.Conv2d, src: nn.Conv2d) -> None:
     lo = (src.kernel_size[0] - k) // 2
     w = src.weight[:out] if dst.groups > 1 else src.weight[:out, :cin]
     dst.weight.copy_(w[:, :, lo:lo + k, lo:lo + k])
+    if dst.bias is not None:
+        dst.bias.copy_(src.bias[:out])
 
 
 def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d) -> None:

@@ -97,23 +97,30 @@ class LatencyTable:
                 "predicted_ms": [round(p, 5) for p in predicted], "archs": [a.model_dump() for a in archs]}
 
 
+def table_modules(space: SearchSpace, calibrate: int, validate: int, seed: int) -> tuple[dict, list[Arch], list[Arch]]:
+    """What a table build times: the call overhead, every part, the calibration and validation children."""
+    calib = calibration_archs(space, calibrate, seed)
+    check = calibration_archs(space, validate + 2, seed + 1)[2:] if validate else []
+    modules = {k: part_module(k) for k in [f"call:{space.in_chans}@{min(space.resolutions)}", *space_parts(space)]}
+    modules.update({f"child:{i}": (ChildNet(child_spec(space, a)), (space.in_chans, a.resolution, a.resolution))
+                    for i, a in enumerate(calib + check)})
+    return modules, calib, check
+
+
 def build_table(space: SearchSpace, threads: int, *, repetitions: int = 40, rounds: int = 5, calibrate: int = 12,
-                validate: int = 0, seed: int = 0, statistic: str = "median",
-                progress: Callable[[], None] | None = None) -> LatencyTable:
+                validate: int = 0, seed: int = 0, statistic: str = "min",
+                progress: Callable[[], None] | None = None, export_dir: str | Path | None = None) -> LatencyTable:
     """Time every part of `space` on this machine, fit the correction on `calibrate` whole children, and check
     it on `validate` other ones. Parts and children are timed in the same interleaved rounds, so load that
-    drifts during the build hits the table and the children alike."""
+    drifts during the build hits the table and the children alike. `export_dir` keeps (and reuses) the ONNX files."""
     if statistic not in ("median", "min"):
         raise BadInputError(f"latency statistic must be median or min, got {statistic!r}")
     keys = space_parts(space)
     call_key = f"call:{space.in_chans}@{min(space.resolutions)}"
-    calib = calibration_archs(space, calibrate, seed)
-    check = calibration_archs(space, validate + 2, seed + 1)[2:] if validate else []
-    modules = {k: part_module(k) for k in [call_key, *keys]}
-    modules.update({f"child:{i}": (ChildNet(child_spec(space, a)), (space.in_chans, a.resolution, a.resolution))
-                    for i, a in enumerate(calib + check)})
+    modules, calib, check = table_modules(space, calibrate, validate, seed)
     start = time.perf_counter()
-    got = measure_modules(modules, threads, repetitions=repetitions, rounds=rounds, progress=progress)
+    got = measure_modules(modules, threads, repetitions=repetitions, rounds=rounds, progress=progress,
+                          export_dir=export_dir)
     table = LatencyTable(space, conditions(threads, repetitions, rounds), {k: got[k].to_dict() for k in keys},
                          got[call_key].to_dict(), statistic=statistic)
     children = [got[f"child:{i}"].to_dict() for i in range(len(calib) + len(check))]

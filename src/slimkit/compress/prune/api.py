@@ -15,7 +15,7 @@ from slimkit.compress.prune.criteria import Calibration, build_importance
 from slimkit.compress.prune.errors import internal_errors, operation
 from slimkit.compress.prune.measure import count_macs, count_params
 from slimkit.compress.prune.safety import locate_failure
-from slimkit.compress.prune.search import Trial, search_latency, search_structural
+from slimkit.compress.prune.search import Trial, search_latency, search_latency_table, search_structural
 from slimkit.compress.prune.structured import Plan, allocate, apply_plan, layer_stats, plan_groups
 from slimkit.compress.prune.whole import kept_whole_summary
 from slimkit.errors import BadInputError
@@ -124,6 +124,12 @@ def _prune(model, config, example_inputs, calib, data, progress, allocator) -> P
     before = {"macs": count_macs(model, x), "params": count_params(model)}
     widths = layer_widths(model)
     protected: list[str] = []
+    table, table_notes = None, []
+    if config.allocation == "latency-table" and allocator is None:
+        from slimkit.compress.prune.latency_alloc import resolve_table
+
+        with operation("building the per-layer latency table"):
+            table, table_notes = resolve_table(model, x, config, progress)
 
     def check(pruned: nn.Module) -> None:
         with operation("running the pruned model"):
@@ -142,7 +148,7 @@ def _prune(model, config, example_inputs, calib, data, progress, allocator) -> P
             raise BadInputError("nothing in this model can be pruned safely (no prunable channel groups): "
                                 + kept_whole_summary(plan, layer_stats(model, x)))
         try:
-            best, trials = _search(model, x, plan, before, config, check, allocator)
+            best, trials = _search(model, x, plan, before, config, check, allocator, table)
             break
         except _Broken as broken:
             names = [n for n in broken.names if n not in protected]
@@ -159,7 +165,8 @@ def _prune(model, config, example_inputs, calib, data, progress, allocator) -> P
     after = {"macs": count_macs(model, x), "params": count_params(model)}
     return PruneResult(config.target, before, after, _achieved(config, best, after, before), best.level,
                        best.round_to, kept_ratios(widths, layer_widths(model)), [t.summary() for t in trials],
-                       plan.frozen_notes + [f"{n} protected: its forward broke when pruned" for n in protected], protected)
+                       table_notes + plan.frozen_notes + [f"{n} protected: its forward broke when pruned" for n in protected],
+                       protected)
 
 
 def _achieved(config: PruneConfig, best: Trial, after: dict, before: dict) -> float | None:
@@ -171,10 +178,16 @@ def _achieved(config: PruneConfig, best: Trial, after: dict, before: dict) -> fl
     return after[target.kind] / before[target.kind]
 
 
-def _search(model, x, plan: Plan, before, config: PruneConfig, check, allocator=None) -> tuple[Trial, list[Trial]]:
+def _search(model, x, plan: Plan, before, config: PruneConfig, check, allocator=None, table=None):
     target = config.parsed_target
     round_to = config.round_to or 1
-    if allocator is not None:
+    path = None
+    if table is not None:
+        from slimkit.compress.prune.latency_alloc import latency_path
+
+        path = latency_path(plan, table, round_to, config.max_layer_prune)
+        alloc = path.at
+    elif allocator is not None:
         alloc = allocator(plan, round_to)
     else:
         alloc = lambda level: allocate(plan, level, config.allocation, round_to, config.max_layer_prune)  # noqa: E731
@@ -185,7 +198,9 @@ def _search(model, x, plan: Plan, before, config: PruneConfig, check, allocator=
 
         check(build_trial(model, x, plan, keeps))
         return trial, [trial]
-    if target.kind == "latency":
+    if target.kind == "latency" and path is not None:
+        best, trials = search_latency_table(model, x, plan, target.ratio, config, path, check)
+    elif target.kind == "latency":
         roundings = [config.round_to] if config.round_to else [1, 8, 16]
         best, trials = search_latency(model, x, plan, before, target.ratio, config, roundings, check)
     else:

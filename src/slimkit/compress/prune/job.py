@@ -77,6 +77,10 @@ def _config_from_args(args: dict[str, Any]) -> PruneConfig:
         base["round_to"] = args["round_to"]
     elif target is not None and target.kind == "latency" and "round_to" not in base:
         base["round_to"] = None  # chosen by measurement among 1 / 8 / 16
+    if args.get("latency_table") is not None:
+        base["latency_table"] = str(args["latency_table"])
+        if args.get("allocation") is None:
+            base["allocation"] = "latency-table"  # a table given is a table to use
     for key, flag in (("criterion", "criterion"), ("allocation", "allocation"), ("unstructured", "unstructured"),
                       ("unstructured_scope", "unstructured_scope"), ("seed", "seed"), ("latency_threads", "threads"),
                       ("schedule", "schedule"), ("steps", "steps"), ("epochs", "epochs"), ("lr", "lr")):

@@ -5,14 +5,14 @@ pruned copies are measured and the estimate's goal is corrected by the measured 
 steps) until the measured ratio is within 2% of the target, or the best of a few tries is kept.
 Latency: bisection directly on ONNX Runtime latency ratios of real pruned copies, timed
 interleaved with the original; each candidate rounding is searched and the one that meets the
-target while keeping the most MACs wins.
+target while keeping the most MACs wins. With a per-layer latency table (allocation latency-table) the
+table predicts the cut and a few measured copies correct it (search_latency_table).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,9 +21,9 @@ import torch.nn as nn
 
 from slimkit.compress.prune.adapters import clear_caches
 from slimkit.compress.prune.measure import count_macs, count_params, ort_runner
-from slimkit.compress.prune.structured import Plan, allocate, apply_plan
+from slimkit.compress.prune.structured import Plan, allocate, apply_plan, removed_channels
 
-__all__ = ["Trial", "estimate", "search_structural", "search_latency", "build_trial"]
+__all__ = ["Trial", "estimate", "search_structural", "search_latency", "search_latency_table", "build_trial"]
 
 log = logging.getLogger(__name__)
 INNER_TOLERANCE = 0.02
@@ -38,19 +38,19 @@ class Trial:
     macs: int
     params: int
     ratio: float  # measured quantity / original
+    predicted: float | None = None  # the latency table's predicted latency ratio (allocation latency-table)
 
     def summary(self) -> dict:
-        return {"level": round(self.level, 5), "round_to": self.round_to, "ratio": round(self.ratio, 5),
-                "macs": self.macs, "params": self.params}
+        out = {"level": round(self.level, 5), "round_to": self.round_to, "ratio": round(self.ratio, 5),
+               "macs": self.macs, "params": self.params}
+        if self.predicted is not None:
+            out["predicted"] = round(self.predicted, 5)
+        return out
 
 
 def estimate(plan: Plan, keeps: list[int], stats: dict[str, dict], base: dict[str, int]) -> dict[str, float]:
     """Estimated MACs and params after pruning (conv/linear/norm widths; the rest unchanged)."""
-    removed: dict[tuple[str, str], float] = defaultdict(float)
-    for g, keep in zip(plan.groups, keeps):
-        frac = (g.size - keep) / g.size
-        for name, kind, count in g.dims:
-            removed[(name, kind)] += count * frac
+    removed = removed_channels(plan, keeps)
     macs = base["macs"] - sum(s["macs"] for s in stats.values())
     params = base["params"] - sum(s["params"] for s in stats.values())
     for name, s in stats.items():
@@ -146,10 +146,42 @@ def search_latency(model, x, plan, base, ratio, cfg, roundings, check, steps: in
     return max(meeting, key=lambda t: t.macs), trials
 
 
+def search_latency_table(model, x, plan, ratio, cfg, path, check, tries: int = 4) -> tuple[Trial, list[Trial]]:
+    """Latency target on a per-layer latency table: the point of the table's path predicted at the target is
+    pruned and timed interleaved with the original; each measured miss rescales the prediction (measured /
+    predicted) to pick the next point, kept inside the measured bracket, for up to `tries` measurements."""
+    reference = ort_runner(model, x, cfg.latency_threads)
+    points, trials, tried = path.points, [], set()
+    lo, hi = 0, len(path.points)  # path indices measured slower than the target / at or below it (exclusive)
+    i = path.index(ratio)
+    for _ in range(tries):
+        keeps, predicted = points[i]
+        trial = _timed_trial(model, x, plan, cfg, list(keeps), cfg.round_to or 1, 1.0 - predicted, reference, check)
+        trial.predicted = predicted
+        trials.append(trial)
+        tried.add(i)
+        if abs(trial.ratio / ratio - 1) <= INNER_TOLERANCE:
+            break
+        lo, hi = (max(lo, i), hi) if trial.ratio > ratio else (lo, min(hi, i))
+        nxt = min(max(path.index(predicted * ratio / trial.ratio), lo + 1), hi - 1)
+        if nxt in tried:
+            nxt = (lo + hi) // 2
+        if nxt in tried or not lo < nxt < hi:
+            break
+        i = nxt
+    meeting = [t for t in trials if t.ratio <= ratio * (1 + cfg.tolerance)]
+    return (max(meeting, key=lambda t: t.macs) if meeting else min(trials, key=lambda t: t.ratio)), trials
+
+
 def _latency_trial(model, x, plan, cfg, round_to, level, reference, base, check) -> Trial:
+    keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
+    return _timed_trial(model, x, plan, cfg, keeps, round_to, level, reference, check)
+
+
+def _timed_trial(model, x, plan, cfg, keeps, round_to, level, reference, check) -> Trial:
+    """Prune a copy to `keeps`, run it, and time it interleaved with the original (`reference`)."""
     from slimkit.profile.timing import measure_interleaved
 
-    keeps = allocate(plan, level, cfg.allocation, round_to, cfg.max_layer_prune)
     pruned = build_trial(model, x, plan, keeps)
     check(pruned)
     cand = ort_runner(pruned, x, cfg.latency_threads)

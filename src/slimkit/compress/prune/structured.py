@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +26,7 @@ from slimkit.compress.prune.boundary import open_sides
 from slimkit.compress.prune.safety import (ShapeRecorder, index_out_of_range, overflowed, tolerant_index_mapping, unsafe_nodes,
                                            unsupported_convs, widest)
 
-__all__ = ["GroupPlan", "Plan", "plan_groups", "allocate", "apply_plan", "layer_stats"]
+__all__ = ["GroupPlan", "Plan", "plan_groups", "allocate", "apply_plan", "layer_stats", "removed_channels", "hooked_forward"]
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +269,12 @@ def layer_stats(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, dic
         stats[names[m]] = rec
 
     kinds = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+    hooked_forward(model, example_inputs, kinds, hook)
+    return stats
+
+
+def hooked_forward(model: nn.Module, example_inputs: torch.Tensor, kinds: tuple, hook) -> None:
+    """One batch-1 forward without gradients, `hook` on every module of `kinds` (removed after; caches cleared)."""
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     try:
         with torch.no_grad():
@@ -276,7 +283,6 @@ def layer_stats(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, dic
         for h in handles:
             h.remove()
     clear_caches(model)
-    return stats
 
 
 def allocate(plan: Plan, level: float, mode: str, round_to: int, max_layer_prune: float) -> list[int]:
@@ -289,6 +295,16 @@ def allocate(plan: Plan, level: float, mode: str, round_to: int, max_layer_prune
     else:
         keeps = _ranked_keeps(groups, level, cost_aware=(mode == "adaptive"))
     return [_round_keep(g, k, round_to, max_layer_prune) for g, k in zip(groups, keeps)]
+
+
+def removed_channels(plan: Plan, keeps: list[int]) -> dict[tuple[str, str], float]:
+    """Channels each layer dimension (name, "in" | "out") loses when group i keeps keeps[i] slots."""
+    removed: dict[tuple[str, str], float] = defaultdict(float)
+    for g, keep in zip(plan.groups, keeps):
+        frac = (g.size - keep) / g.size
+        for name, kind, count in g.dims:
+            removed[(name, kind)] += count * frac
+    return removed
 
 
 def _ranked_keeps(groups: list[GroupPlan], level: float, cost_aware: bool) -> list[float]:
