@@ -147,11 +147,10 @@ def _build(model, example_inputs, config, progress: bool) -> LayerTable:
     grid = {**DEFAULT_GRID, "max_layer_prune": config.max_layer_prune}
     total = len(table_ops(layer_specs(model, example_inputs), grid)) + 2
     if progress:
+        from rich.console import Console
         from rich.progress import Progress
 
-        from slimkit.cli.common import console
-
-        ctx = Progress(console=console(), transient=True)
+        ctx = Progress(console=Console(stderr=True), transient=True)  # the library never imports the CLI
     else:
         ctx = nullcontext()
     with ctx as bar:
