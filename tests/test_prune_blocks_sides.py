@@ -214,3 +214,44 @@ def test_group_lookup_answers_as_the_scan_with_repeated_items():
         assert group.__dict__["_slimkit_added"] == len(group._group) == 3  # the index answers, no list scan
         assert group.has_pruning_op(Dep(), [0, 1]) and group.has_pruning_op(Dep(), [2])
         assert not group.has_pruning_op(Dep(), [1])
+
+
+def test_a_group_that_keeps_collecting_dependencies_stops():
+    """Index lists that never repeat around a cycle of views (DeepSeek-ViT) grew one group until the OOM killer:
+    past `max_deps` dependencies the expansion stops and the group is marked, to be kept whole."""
+    from torch_pruning.dependency.group import Group
+
+    from slimkit.compress.prune.safety import _indexed_group_lookup, overflowed
+
+    class Dep:
+        handler, target = "prune", type("Node", (), {"name": "encoder.blocks.3.attn", "module": None})()
+
+    with _indexed_group_lookup(max_deps=3):
+        group = Group()
+        for i in range(3):
+            group.add_dep(Dep(), [i])
+        assert not group.has_pruning_op(Dep(), [7]) and overflowed(group) is None  # 3 deps: still expanding
+        group.add_dep(Dep(), [7])
+        assert group.has_pruning_op(Dep(), [8]) and overflowed(group) == "encoder.blocks.3.attn"
+
+
+def test_negative_channel_indices_are_out_of_range():
+    """A mapping gone wrong gave DeepSeek-ViT's attention output index -2048: torch would wrap it silently, so
+    a negative index names the layer like one past its width."""
+    from slimkit.compress.prune.safety import index_out_of_range
+
+    lin = nn.Linear(4, 6)
+
+    class Pruner:
+        get_out_channels = staticmethod(lambda m: m.out_features)
+        get_in_channels = staticmethod(lambda m: m.in_features)
+
+    class Graph:
+        _module2name = {lin: "proj"}
+        get_pruner_of_module = staticmethod(lambda m: Pruner)
+        is_out_channel_pruning_fn = staticmethod(lambda handler: handler == "out")
+
+    dep = type("Dep", (), {"target": type("Node", (), {"module": lin})(), "handler": "out"})()
+    assert index_out_of_range(Graph, [(dep, [0, 5])]) is None
+    assert index_out_of_range(Graph, [(dep, [0, 6])]) == "proj"
+    assert index_out_of_range(Graph, [(dep, [-2, 1])]) == "proj"

@@ -92,11 +92,13 @@ _GUARDED_MAPPINGS = ("update_reshape_index_mapping", "update_concat_index_mappin
 
 
 @contextlib.contextmanager
-def tolerant_index_mapping(failed: set | None = None, width: int | None = None) -> Iterator[set]:
+def tolerant_index_mapping(failed: set | None = None, width: int | None = None,
+                           max_deps: int | None = None) -> Iterator[set]:
     """Let Torch-Pruning skip ops whose index mapping it cannot compute (a channel shuffle divides
     by zero in its reshape mapping; a concat of inputs whose widths it cannot infer adds None in
     CoaT); the nodes it gave up on are collected in `failed` and are then treated as unsafe, so
-    their groups stay whole. `width`: the widest axis of the model (`widest`), see _indexed_group_lookup."""
+    their groups stay whole. `width`: the widest axis of the model (`widest`); `max_deps`: the most
+dependencies one group may collect; see _indexed_group_lookup."""
     from torch_pruning.dependency import index_mapping
 
     failed = set() if failed is None else failed
@@ -130,7 +132,7 @@ def tolerant_index_mapping(failed: set | None = None, width: int | None = None) 
     index_mapping.update_split_index_mapping = split_in_piece_order
     index_mapping.update_slice_index_mapping = slice_off_the_channels
     try:
-        with _indexed_group_lookup(width):
+        with _indexed_group_lookup(width, max_deps):
             yield failed
     finally:
         for name, fn in originals.items():
@@ -176,12 +178,14 @@ def overflowed(group) -> str | None:
 
 
 @contextlib.contextmanager
-def _indexed_group_lookup(width: int | None = None) -> Iterator[None]:
+def _indexed_group_lookup(width: int | None = None, max_deps: int | None = None) -> Iterator[None]:
     """Same answers as Torch-Pruning's `Group.has_pruning_op`, from a hash set instead of a list
     scan: group expansion is quadratic without it (100 s -> seconds on MobileViT-v2). With `width`,
     indices more numerous than the model's widest axis stop there: flatten mappings around a loop of
     views multiplied them without end (EfficientViM's state-space mixer: 13.7M indices for 320
-    channels, over 15 min in one group); the group is marked (`overflowed`) and kept whole."""
+    channels, over 15 min in one group); the group is marked (`overflowed`) and kept whole. With
+    `max_deps`, a group that collects more dependencies than that stops the same way: index lists that
+    never repeat around a cycle of views grew DeepSeek-ViT's groups without end (22 GB, then the OOM killer)."""
     from torch_pruning.dependency.group import Group
 
     original_add, original_has = Group.add_dep, Group.has_pruning_op
@@ -194,6 +198,9 @@ def _indexed_group_lookup(width: int | None = None) -> Iterator[None]:
         self.__dict__["_slimkit_added"] = self.__dict__.get("_slimkit_added", 0) + 1
 
     def has_pruning_op(self, dep, idxs) -> bool:
+        if max_deps is not None and len(self._group) > max_deps:
+            self.__dict__.setdefault("_slimkit_overflow", dep.target.name or type(dep.target.module).__name__)
+            return True
         if width is not None and len(idxs) > width:
             self.__dict__.setdefault("_slimkit_overflow", dep.target.name or type(dep.target.module).__name__)
             return True  # expand no further
@@ -399,8 +406,9 @@ def _nearest_layers(node, direction: str, depth: int = 4) -> list[nn.Module]:
 
 
 def index_out_of_range(graph, group) -> str | None:
-    """Name of a layer the group would prune at channel indices it does not have (a channel mapping
-    gone wrong through an op the rules above let pass); None when every index fits."""
+    """Name of a layer the group would prune at channel indices it does not have, past its width or
+    negative (a channel mapping gone wrong through an op the rules above let pass, e.g. DeepSeek-ViT's
+    attention output); None when every index fits."""
     names = graph._module2name
     for dep, idxs in group:
         m = dep.target.module
@@ -409,6 +417,6 @@ def index_out_of_range(graph, group) -> str | None:
             continue
         out = graph.is_out_channel_pruning_fn(dep.handler)
         size = pruner.get_out_channels(m) if out else pruner.get_in_channels(m)
-        if isinstance(size, int) and max(int(i) for i in idxs) >= size:
+        if isinstance(size, int) and (max(int(i) for i in idxs) >= size or min(int(i) for i in idxs) < 0):
             return names.get(m, type(m).__name__)
     return None

@@ -90,6 +90,9 @@ class _GroupScorer:
         self.num_heads = dict(num_heads)
         self.ignored = [m for layer in ignored_layers for m in layer.modules()]
         self.width = widest(model)
+        # a group holds each (node, in/out) dependency a few times at most (attention, concat); far beyond
+        # that it is cycling through index lists that never repeat
+        self.max_deps = 8 * len(self.DG.module2node) + 64
         self.out_groups, self.in_groups = self._channel_groups(model)
 
     def _channel_groups(self, model: nn.Module) -> tuple[dict, dict]:
@@ -106,7 +109,7 @@ class _GroupScorer:
         return out_groups, in_groups
 
     def groups(self) -> list:
-        with operation("expanding dependency groups"), tolerant_index_mapping(width=self.width):
+        with operation("expanding dependency groups"), tolerant_index_mapping(width=self.width, max_deps=self.max_deps):
             return list(self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=_ROOT_TYPES))
 
     def channel_groups(self, group) -> int:
@@ -125,7 +128,7 @@ class _GroupScorer:
             return group
         for dep, idxs in group:
             if isinstance(dep.target.module, _ROOT_TYPES) and self.DG.is_in_channel_pruning_fn(dep.handler):
-                with tolerant_index_mapping(width=self.width):
+                with tolerant_index_mapping(width=self.width, max_deps=self.max_deps):
                     return self.DG.get_pruning_group(dep.target.module, dep.handler, idxs)
         return None
 
