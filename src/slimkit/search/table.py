@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -75,14 +74,9 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyTable":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BadInputError(f"cannot read latency table {path}: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
-            raise BadInputError(f"{path} is not a slimkit latency table")
-        if data.get("version", 0) > TABLE_VERSION:
-            raise BadInputError(f"{path}: table version {data['version']} is newer than this slimkit")
+        from slimkit.utils.io import read_versioned_json
+
+        data = read_versioned_json(path, TABLE_FORMAT, TABLE_VERSION, "latency table")
         corr = dict(data["correction"])
         scale, offset = corr.pop("scale"), corr.pop("offset_ms")
         return cls(SearchSpace.from_dict(data["space"], str(path)), data["conditions"], data["entries"],

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir", "to_jsonable",
-           "save_resolved_args"]
+           "save_resolved_args", "read_versioned_json"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -95,3 +95,19 @@ def save_resolved_args(out_dir: str | os.PathLike, command: str, args: dict[str,
     from slimkit._version import __version__
 
     return atomic_write_json(Path(out_dir) / "args.json", {"command": command, "slimkit": __version__, "args": args})
+
+
+def read_versioned_json(path: str | os.PathLike, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """A slimkit JSON file of format `fmt`, checked: readable, of that format, and not newer than `version`.
+    Anything else is bad input in one line naming the file (`what` says what it should have been)."""
+    from slimkit.errors import BadInputError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"cannot read {what} {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise BadInputError(f"{path} is not a slimkit {what}")
+    if data.get("version", 0) > version:
+        raise BadInputError(f"{path}: {what} version {data['version']} is newer than this slimkit")
+    return data

@@ -13,7 +13,6 @@ cost at full width plus what they cost at the new widths.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,15 +150,10 @@ class LayerTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "LayerTable":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BadInputError(f"cannot read latency table {path}: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
-            raise BadInputError(f"{path} is not a slimkit per-layer latency table (build one with "
-                                "`slimkit prune --allocation latency-table --latency-table PATH`)")
-        if data.get("version", 0) > TABLE_VERSION:
-            raise BadInputError(f"{path}: table version {data['version']} is newer than this slimkit")
+        from slimkit.utils.io import read_versioned_json
+
+        data = read_versioned_json(path, TABLE_FORMAT, TABLE_VERSION, "per-layer latency table (build one with "
+                                   "`slimkit prune --allocation latency-table --latency-table PATH`)")
         try:
             return cls(data["conditions"], list(data["input"]), data["layers"], data["entries"], data["overhead"],
                        data["whole"], data.get("grid", {}), str(path))
