@@ -90,7 +90,11 @@ def test_latency_budget_end_to_end(monkeypatch, tmp_path):
     _assert_verdict_follows_from_figures(report)
     prune = report["steps"][0]["details"]["prune"]
     target = float(prune["target"].split("=")[1])
-    assert prune["target"].startswith("latency=") and prune["achieved"] <= target * 1.1  # the search's own promise
+    assert prune["target"].startswith("latency=")
+    # the search's own promise: the target within tolerance, or (this 0.02 ms net can meet a per-call floor on a
+    # busy machine) the closest cut kept with the miss named in its notes, as compress asks it to
+    out_of_reach = [n for n in prune["notes"] if "out of reach" in n and "closest cut was kept" in n]
+    assert prune["achieved"] <= target * 1.1 or out_of_reach
     # every stage was timed on ONNX Runtime in alternating rounds: A B A B ..., never A A ... B B ...
     names = ["baseline", "01-prune"]
     order, ort_runs = spy.stage_timing(names)
