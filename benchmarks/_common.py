@@ -30,10 +30,20 @@ def environment(threads: int) -> dict[str, Any]:
     from slimkit.utils.cpu import int8_path
 
     return {"cpu": cpu, "avx512_vnni": "avx512_vnni" in flags.split(), "avx2": "avx2" in flags.split(),
-            "int8_path": int8_path(),
+            "int8_path": int8_path(), "cpuid_masked": cpuid_masked(),
             "cpu_count": os.cpu_count(), "threads": threads, "load_average_1min": os.getloadavg()[0],
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "onnxruntime": onnxruntime.__version__, "commit": _commit()}
+
+
+def cpuid_masked() -> bool:
+    """True under benchmarks/avx2_path/run.sh: ORT runs its AVX2 kernels on a CPU that has AVX-512 VNNI."""
+    return "cpuid_mask" in os.environ.get("LD_PRELOAD", "")
+
+
+def path_tag(env: dict[str, Any]) -> str:
+    """The int8 path a result file is named after; `-masked` where the path was forced by CPUID masking."""
+    return env["int8_path"] + ("-masked" if env.get("cpuid_masked") else "")
 
 
 def _commit() -> str | None:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from _common import ROOT, environment, write_results
+from _common import ROOT, environment, path_tag, write_results
 
 
 def demo_command() -> list[str]:
@@ -51,7 +51,7 @@ def main() -> None:
     prune = report["steps"][0].get("details", {})
     env = environment(report["conditions"]["threads"])
     # One file per int8 path: the demo's cut and speedup depend on the CPU's int8 kernels.
-    write_results(f"demo_bench_{env['int8_path']}", {
+    write_results(f"demo_bench_{path_tag(env)}", {
         "command": "make demo: " + " ".join(command[3:]), "wall_s": round(wall, 1), "quiet_machine": quiet,
         "load_average_before": load_before, "stages": rows,
         "speedup": report["speedup"], "accuracy_drop_points": report["accuracy_drop"], "budget": report["budget"],

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, environment
+from _common import RESULTS, environment, path_tag
 
 MODELS = ("resnet18", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0")
 VARIANTS = ("plain", "plain_rr", "slimkit")
@@ -109,7 +109,7 @@ def table(rows: list[dict], env: dict) -> str:
             continue
         cells = [f"{r['speedup'][k]:.2f}x, {r['rel_max_logit_error'][k]:.3f}" for k in VARIANTS]
         groups = ", ".join(r["slimkit"]["float_groups"]) or "none"
-        lines.append(f"| {r['model']} | {env['cpu']} ({env['int8_path']}) | {' | '.join(cells)} | {groups} | "
+        lines.append(f"| {r['model']} | {env['cpu']} ({path_tag(env)}) | {' | '.join(cells)} | {groups} | "
                      f"{r['load_before']}-{r['load_after']} |")
     return "\n".join(lines)
 
@@ -126,7 +126,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     env = environment(1)
-    out = RESULTS / f"quant_cpu_bench_{env['int8_path']}.json"
+    out = RESULTS / f"quant_cpu_bench_{path_tag(env)}.json"
     saved = json.loads(out.read_text()) if out.exists() else {"rows": []}
     rows = {r["model"]: r for r in saved["rows"]}
     for name in args.models.split(","):
