@@ -8,9 +8,12 @@ For each model: train from random init on Fashion-MNIST (upsampled to SIZE, 3 ch
 and measure top-1 on the test split and latency of fp32 / plain / slimkit in ONE interleaved run
 (slimkit.profile.timing.measure_interleaved; ORT CPU, batch 1, --threads intra-op threads).
 
-    PYTHONPATH=src python benchmarks/quant_bench.py --out runs/quant_bench
+    .venv/bin/python benchmarks/quant_bench.py                              # this CPU's int8 path
+    sudo benchmarks/avx2_path/run.sh .venv/bin/python benchmarks/quant_bench.py   # the x86-avx2 path, forced
 
-Weights are cached under OUT/weights, so a rerun only re-measures. Writes OUT/quant_bench.json and OUT/quant_bench.md.
+Trained weights are cached under --weights (shared by every CPU path, so each path quantizes the same models).
+Writes OUT/quant_bench.json and .md (OUT defaults to runs/quant_bench/<int8 path>) and
+benchmarks/results/quant_bench_<int8 path>.json and .md.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import struct
 import time
 from pathlib import Path
@@ -27,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+
+from _common import RESULTS, environment, path_tag
 
 MODELS = ("resnet18", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0")
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -143,7 +147,7 @@ def bench_model(name: str, args, train_set, test_set, out: Path) -> dict:
     import torchvision.models as tvm
 
     size = tuple(args.size)
-    weights = out / "weights" / f"{name}.safetensors"
+    weights = args.weights / f"{name}.safetensors"
     if weights.exists():
         model = tvm.get_model(name, num_classes=10)
         load_model(model, str(weights))
@@ -208,14 +212,9 @@ def retime(results: list[dict], args) -> None:
         print(f"{r['model']}: retimed {r['speedup']} / {r.get('latency_at_size', {}).get('speedup')}", flush=True)
 
 
-def cpu_name() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.machine())
-    vnni = "AVX-512 VNNI" if "avx512_vnni" in info else "no AVX-512 VNNI"
-    return f"{name}, {os.cpu_count()} cores, {vnni}"
+def cpu_name(env: dict) -> str:
+    masked = ", AVX2 path forced by CPUID masking" if env["cpuid_masked"] else ""
+    return f"{env['cpu']}, {env['cpu_count']} cores, int8 path {env['int8_path']}{masked}"
 
 
 def latency_at(model: nn.Module, train_set, args, work: Path) -> dict:
@@ -260,7 +259,7 @@ def markdown(results: list[dict], meta: dict) -> str:
         f"trained {meta['epochs']} epoch(s) on {meta['train_n']} images from random init. Latency: ONNX Runtime "
         f"{meta['ort']} CPU, batch 1, {meta['threads']} thread, one interleaved run of the three models "
         f"({meta.get('rounds', 10)} rounds), median of >= {meta['reps']} calls (iqr in brackets). {meta['cpu']}; 1-min load average per model in the last "
-        f"column (2 cores shared with other agents' jobs). {big} columns: the same weights exported at "
+        f"column. {big} columns: the same weights exported at "
         f"{meta.get('latency_size')}x{meta.get('latency_size')}, calibrated on {meta.get('latency_calib')} upsampled train images, "
         f"latency only (median of >= {meta.get('big_reps')} calls); slimkit runs its speed guard there without labels.",
         "",
@@ -284,7 +283,8 @@ def markdown(results: list[dict], meta: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/quant_bench"))
+    parser.add_argument("--out", type=Path, default=None, help="work folder (default runs/quant_bench/<int8 path>)")
+    parser.add_argument("--weights", type=Path, default=Path("runs/quant_bench/weights"))
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--size", type=int, nargs=3, default=(3, 32, 32))
     parser.add_argument("--train-n", type=int, default=6000)
@@ -304,6 +304,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="interleaving rounds of the final timing")
     parser.add_argument("--retime-only", action="store_true", help="re-measure saved models, no training or quantizing")
     args = parser.parse_args()
+    env = environment(args.threads)
+    args.out = args.out or Path("runs/quant_bench") / path_tag(env)
+    args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     import onnxruntime as ort
 
@@ -312,14 +315,13 @@ def main() -> None:
         retime(saved["results"], args)
         saved["meta"].update(reps=args.reps, big_reps=args.big_reps, rounds=args.rounds)
         (args.out / "quant_bench.json").write_text(json.dumps(saved, indent=2, default=str))
-        (args.out / "quant_bench.md").write_text(markdown(saved["results"], saved["meta"]))
-        print(markdown(saved["results"], saved["meta"]))
+        publish(saved, args.out, env)
         return
     train_set, test_set = load_fmnist(tuple(args.size), args.train_n, args.test_n, args.seed)
     meta = {"size": list(args.size), "train_n": len(train_set), "test_n": len(test_set), "epochs": args.epochs,
             "threads": args.threads, "reps": args.reps, "ort": ort.__version__, "torch": torch.__version__,
             "rounds": args.rounds, "latency_size": args.latency_size, "latency_calib": args.latency_calib, "big_reps": args.big_reps,
-            "cpu": cpu_name(),
+            "cpu": cpu_name(env), "environment": env,
             "load_before": round(os.getloadavg()[0], 2)}
     previous = args.out / "quant_bench.json"
     # A rerun of some models keeps the others' results (each result carries its own load average).
@@ -336,9 +338,16 @@ def main() -> None:
         (args.out / "quant_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
     meta["load_after"] = round(os.getloadavg()[0], 2)
     results.sort(key=lambda r: MODELS.index(r["model"]) if r["model"] in MODELS else len(MODELS))
-    (args.out / "quant_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
-    (args.out / "quant_bench.md").write_text(markdown(results, meta))
-    print(markdown(results, meta))
+    publish({"meta": meta, "results": results}, args.out, env)
+
+
+def publish(saved: dict, out: Path, env: dict) -> None:
+    """The run's JSON and table into OUT and into benchmarks/results/quant_bench_<int8 path>.*."""
+    table = markdown(saved["results"], saved["meta"])
+    for folder, stem in ((out, "quant_bench"), (RESULTS, f"quant_bench_{path_tag(env)}")):
+        (folder / f"{stem}.json").write_text(json.dumps(saved, indent=2, default=str))
+        (folder / f"{stem}.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":

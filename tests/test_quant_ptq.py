@@ -1,6 +1,8 @@
 """Static QDQ int8 PTQ on a digits CNN trained inside the test: graph form, accuracy, calibration, mixed precision."""
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import onnx
 import pytest
@@ -206,3 +208,33 @@ def test_depthwise_model_gets_equalization_and_bias_correction(tmp_path, quant_d
     convs = _qdq_convs(tmp_path / "dw" / "model.int8.onnx")
     float_convs = [n for n in report["float_nodes"] if n.endswith("/Conv")]
     assert len(convs) == 5 and sum(x_dq and w_int8 for x_dq, w_int8, _ in convs) == 5 - len(float_convs)
+
+
+@pytest.mark.parametrize("penalty, kept", [(5.0, "checked"), (0.0, "mixed")])
+def test_speed_guard_never_buys_speed_with_the_accuracy_budget(tmp_path, quant_data, monkeypatch, penalty, kept):
+    """A faster mixed model that breaks --max-drop gives way to the accuracy-checked model; one within it stays."""
+    from slimkit.compress.quantize import pipeline
+    from slimkit.compress.quantize.speed_guard import SpeedGuardResult, final_check
+
+    mixed = {}
+
+    def guard(build, fp32_path, settings, groups, latency, **kwargs):
+        faster = replace(settings, exclude=settings.exclude | {"/4/Conv"})
+        mixed["path"] = build(faster)
+        return final_check(latency, fp32_path, SpeedGuardResult(faster, mixed["path"],
+                                                                float_nodes={"/4/Conv": "speed: test"}))
+
+    real_accuracy = pipeline.accuracy
+    monkeypatch.setattr(pipeline, "speed_guard", guard)
+    monkeypatch.setattr(pipeline, "accuracy", lambda path, x, y: real_accuracy(path, x, y) - (
+        penalty if Path(path) == mixed.get("path") else 0.0))
+    report = quantize_ptq(trained("plain"), SIZE, quant_data, PTQConfig(calib_samples=128, max_drop=1.0),
+                          tmp_path / "q", latency=fake_latency())
+    gate = report["speed_guard"]["accuracy_gate"]
+    if kept == "checked":
+        assert gate["kept"] == "checked" and gate["mixed_drop"] > 1.0 >= gate["checked_drop"]
+        assert "/4/Conv" not in report["float_nodes"] and "/4/Conv" not in report["settings"]["exclude"]
+        assert report["accuracy"]["drop"] == pytest.approx(gate["checked_drop"]) and report["accuracy"]["met"]
+        assert report["speed_guard"]["fp32_ms"] is not None  # the kept model was timed against fp32 again
+    else:
+        assert gate is None and report["float_nodes"]["/4/Conv"] == "speed: test"

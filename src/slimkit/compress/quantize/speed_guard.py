@@ -146,10 +146,12 @@ class SpeedGuardResult:
     verdict: str = ""  # faster | no_gain | slower
     slower_than_fp32: bool = False
     warning: str | None = None
+    accuracy_gate: dict | None = None  # set where the mixed model's accuracy was checked against --max-drop and failed
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "speedup": self.speedup, "slower_than_fp32": self.slower_than_fp32,
                 "warning": self.warning, "float_nodes": self.float_nodes, "trials": self.trials, "profile": self.profile,
+                "accuracy_gate": self.accuracy_gate,
                 "fp32_ms": self.fp32.to_dict() if self.fp32 else None, "int8_ms": self.int8.to_dict() if self.int8 else None}
 
 
