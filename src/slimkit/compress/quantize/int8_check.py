@@ -24,8 +24,8 @@ from onnx import helper, numpy_helper
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["Int8Check", "Int8CheckError", "int8_exact_check", "enforce_exact", "vpmaddubsw_matmul", "conv_columns",
-           "INT8_OPS"]
+__all__ = ["Int8Check", "Int8CheckError", "int8_exact_check", "capture_int8_ops", "compare_captured", "enforce_exact",
+           "vpmaddubsw_matmul", "conv_columns", "INT8_OPS"]
 
 INT8_OPS = ("QLinearConv", "QGemm", "QLinearMatMul")
 _SLACK = 1e-3  # steps of float32 rounding allowed beyond the half step of rounding to nearest
@@ -149,11 +149,26 @@ def int8_exact_check(path: str | Path, x: np.ndarray) -> Int8Check:
     from slimkit.utils.cpu import int8_path
 
     with tempfile.TemporaryDirectory(prefix="slimkit-int8check-") as tmp:
-        model = _optimized(Path(path), Path(tmp) / "opt.onnx")
-        consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-        ops = [n for n in model.graph.node if n.op_type in INT8_OPS]
-        values = _capture(model, ops, x, Path(tmp)) if ops else {}
+        model, values = capture_int8_ops(path, x, Path(tmp))
+    return compare_captured(model, values, int8_path(), len(x))
+
+
+def capture_int8_ops(path: str | Path, x: np.ndarray, tmp: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """ORT's optimized graph for `path` and every int8 op's input and output on `x`: the half that needs ORT.
+
+    Split from the comparison so that a CPU without PyTorch (an arm64 board, an emulator) can capture and
+    another machine can compare (benchmarks/arm64_qemu).
+    """
+    model = _optimized(Path(path), tmp / "opt.onnx")
+    ops = [n for n in model.graph.node if n.op_type in INT8_OPS]
+    return model, (_capture(model, ops, x, tmp) if ops else {})
+
+
+def compare_captured(model: onnx.ModelProto, values: dict[str, np.ndarray], int8_path: str, images: int) -> Int8Check:
+    """Each captured int8 op output against its exact int32 recomputation from the captured input."""
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     worst, mismatched = 0.0, {}
+    ops = [n for n in model.graph.node if n.op_type in INT8_OPS]
     for node in ops:
         exact, got = _reference(node, values, consts)
         steps, limit = _off_by(node, exact, got, consts)
@@ -162,7 +177,7 @@ def int8_exact_check(path: str | Path, x: np.ndarray) -> Int8Check:
         if off.any():
             mismatched[node.name or node.output[0]] = {"max_steps": float(steps.max()), "outputs_off": int(off.sum()),
                                                        "outputs": int(off.size), "op": node.op_type}
-    return Int8Check(not mismatched, len(ops), worst, mismatched, int8_path(), len(x))
+    return Int8Check(not mismatched, len(ops), worst, mismatched, int8_path, images)
 
 
 class Int8CheckError(SlimkitError):
