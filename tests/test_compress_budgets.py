@@ -158,9 +158,7 @@ def test_accuracy_first_recipe_meets_its_own_budget(monkeypatch, tmp_path):
     assert report["steps"][0]["details"]["config"]["criterion"] == "taylor"
 
 
-def test_int8_measured_slower_hands_on_the_fp32_model(monkeypatch, tmp_path):
-    """When the quantize step's timing says int8 is slower than fp32, the stage (and so the final deployable)
-    is the fp32 model, and the report says why; the deploy step then has no int8 to convert."""
+def _int8_measured_slower(monkeypatch):
     import slimkit.compress.quantize.pipeline as qpipe
 
     real = qpipe.final_check
@@ -171,6 +169,12 @@ def test_int8_measured_slower_hands_on_the_fp32_model(monkeypatch, tmp_path):
         return result
 
     monkeypatch.setattr(qpipe, "final_check", slower)
+
+
+def test_int8_measured_slower_hands_on_the_fp32_model(monkeypatch, tmp_path):
+    """When the quantize step's timing says int8 is slower than fp32, the stage (and so the final deployable)
+    is the fp32 model, and the report says why; the deploy step then has no int8 to convert."""
+    _int8_measured_slower(monkeypatch)
     report = _compress(monkeypatch, tmp_path, _recipe(tmp_path, ["train", "quantize"]), None)
     step = report["steps"][-1]
     assert "0.50x of fp32" in step["details"]["kept_fp32"]
@@ -178,3 +182,13 @@ def test_int8_measured_slower_hands_on_the_fp32_model(monkeypatch, tmp_path):
     assert not list((tmp_path / "run" / "final").glob("*.int8.onnx"))
     fp32_bytes = (tmp_path / "run" / "steps" / "01-quantize" / "onnx" / "model.onnx").stat().st_size
     assert step["size_bytes"] == fp32_bytes
+
+
+def test_int8_measured_slower_stays_under_a_size_budget(monkeypatch, tmp_path):
+    """A size budget needs int8's bytes: a slower int8 model is kept (and said so), not swapped for fp32."""
+    _int8_measured_slower(monkeypatch)
+    report = _compress(monkeypatch, tmp_path, _recipe(tmp_path, ["train", "quantize"]), "size=0.5")
+    step = report["steps"][-1]
+    assert "kept_fp32" not in step["details"] and "size budget" in step["details"]["kept_int8_slower"]
+    assert list((tmp_path / "run" / "final").glob("*.int8.onnx"))
+    _assert_ceiling_met(report, "size_bytes", 0.5)
